@@ -1,0 +1,395 @@
+"""The agent loop: read dispatch entries from the pool's streams, run them in slots, publish
+results and acknowledge entries atomically, keep leases alive, take over abandoned entries.
+
+Independent of Ray, so it can be tested and benchmarked on its own; `agents.actor` wraps it
+in a resident Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+import structlog
+
+from agents import capture, interrupt, loading
+from flowforge import keys, sdk, wire
+
+log = structlog.get_logger("flowforge.agent")
+_LUA = Path(__file__).parent / "lua"
+_MAX_ERROR = 16_384
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    pool: str
+    redis_url: str
+    partitions: int = 1
+    slots: int = 4
+    allowed_functions: tuple[str, ...] = ()
+    prewarm: tuple[str, ...] = ()
+    lease_s: float = 30.0
+    max_deliveries: int = 3
+    max_result_bytes: int = 1 << 20
+    max_log_line_bytes: int = 8192
+    max_log_lines: int = 10_000
+    block_ms: int = 1000
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+@dataclass
+class _Attempt:
+    partition: int
+    entry_id: bytes
+    env: dict[str, Any]
+    slot: interrupt.Slot = field(default_factory=interrupt.Slot)
+    task: asyncio.Task[Any] | None = None
+
+    @property
+    def ident(self) -> tuple[str, str, int]:
+        return (self.env["run"], self.env["task"], self.env["attempt"])
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.loader = loading.Loader(config.pool, config.allowed_functions)
+        self.free = config.slots
+        self._has_free = asyncio.Event()
+        self._has_free.set()
+        self._inflight: dict[tuple[str, str, int], _Attempt] = {}
+        self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._outbox: asyncio.Queue[tuple[int, bytes | None, bytes]] = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        self._threads = ThreadPoolExecutor(max_workers=config.slots * 2, thread_name_prefix="ff-slot")
+        self.completed = 0
+        self.client: aioredis.Redis | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        capture.install()
+        self.loader.prewarm(self.config.prewarm)
+        self.client = aioredis.Redis.from_url(self.config.redis_url, decode_responses=False)
+        self._finish_src = (_LUA / "finish.lua").read_text()
+        self._finish_sha = await self.client.script_load(self._finish_src)
+        self._reclaim = self.client.register_script((_LUA / "reclaim.lua").read_text())
+        for p in range(self.config.partitions):
+            await self._ensure_group(p)
+        jobs = [asyncio.create_task(self._read(p), name=f"read-p{p}") for p in range(self.config.partitions)]
+        jobs += [
+            asyncio.create_task(self._publish(), name="publish"),
+            asyncio.create_task(self._keep_leases(), name="leases"),
+            asyncio.create_task(self._reclaim_loop(), name="reclaim"),
+            asyncio.create_task(self._listen_cancels(), name="cancels"),
+        ]
+        log.info("agent.started", agent=self.name, pool=self.config.pool, slots=self.config.slots)
+        try:
+            await self._stopping.wait()
+        finally:
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            await self.client.aclose()
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Stop taking work, give running attempts `drain_s` to finish, then stop."""
+        self.free = -(10**9)  # readers see no free slot
+        deadline = time.monotonic() + drain_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        while not self._outbox.empty() and time.monotonic() < deadline + 1:
+            await asyncio.sleep(0.01)
+        self._stopping.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {"agent": self.name, "pool": self.config.pool, "running": len(self._inflight),
+                "completed": self.completed, "pid": os.getpid()}
+
+    # ---- reading and running -------------------------------------------------------------
+
+    async def _ensure_group(self, partition: int) -> None:
+        assert self.client is not None
+        try:
+            await self.client.xgroup_create(
+                keys.pool_stream(partition, self.config.pool), keys.AGENT_GROUP, id="0", mkstream=True
+            )
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self, partition: int) -> None:
+        assert self.client is not None
+        stream = keys.pool_stream(partition, self.config.pool)
+        while True:
+            await self._has_free.wait()
+            if self.free <= 0:
+                self._has_free.clear()
+                continue
+            try:
+                reply = await self.client.xreadgroup(
+                    keys.AGENT_GROUP, self.name, {stream: ">"}, count=self.free, block=self.config.block_ms
+                )
+            except rexc.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis lost the stream: recreate and carry on
+                    await self._ensure_group(partition)
+                    continue
+                raise
+            except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+                log.warning("agent.redis_unavailable", agent=self.name, error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    self._begin(partition, entry_id, fields)
+
+    def _begin(self, partition: int, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+        try:
+            env = wire.unpack((fields or {})[keys.ENTRY_FIELD])
+            ident = (env["run"], env["task"], env["attempt"])
+        except (wire.WireError, KeyError) as exc:
+            # Unreadable: acknowledge it away so it cannot block the stream; nothing to report to.
+            log.error("agent.unreadable_entry", entry=entry_id, error=str(exc))
+            self._outbox.put_nowait((partition, entry_id, b""))
+            return
+        if ident in self._inflight:
+            return  # a lease renewal raced a reclaim; we already run it
+        attempt = _Attempt(partition, entry_id, env)
+        self.free -= 1
+        if self.free <= 0:
+            self._has_free.clear()
+        self._inflight[ident] = attempt
+        attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt {ident}")
+
+    async def _run(self, a: _Attempt) -> None:
+        env = a.env
+        started_at = time.time()
+        event: dict[str, Any] = {
+            "tenant": env.get("tenant"), "run": env["run"], "task": env["task"],
+            "attempt": env["attempt"], "agent": self.name, "started_at": started_at,
+        }
+        try:
+            if a.ident in self._cancelled:
+                event.update(ok=False, reason=wire.FAIL_CANCELLED, error="cancelled before it started")
+                return
+            self._outbox.put_nowait((a.partition, None, wire.pack(wire.ATTEMPT_STARTED, **{
+                k: event[k] for k in ("tenant", "run", "task", "attempt", "agent")}, at=started_at)))
+            cap = capture.Capture(
+                max_line_bytes=self.config.max_log_line_bytes, max_lines=self.config.max_log_lines
+            )
+            try:
+                output = await self._call(a, cap)
+                event.update(ok=True, output=output)
+                self._check_result(output)
+            except loading.Rejected as exc:
+                event.update(ok=False, reason=wire.FAIL_REJECTED, retryable=False, error=str(exc), output=None)
+            except interrupt.AttemptInterrupted as exc:
+                reason = str(exc)
+                event.update(ok=False, reason=reason if reason in (wire.FAIL_TIMEOUT, wire.FAIL_CANCELLED)
+                             else wire.FAIL_CANCELLED, error=_interrupt_message(reason, env))
+            except (asyncio.CancelledError, TimeoutError) as exc:
+                if a.slot.interrupted is None and isinstance(exc, asyncio.CancelledError):
+                    raise  # the agent itself is shutting down
+                reason = a.slot.interrupted or wire.FAIL_TIMEOUT
+                event.update(ok=False, reason=reason, error=_interrupt_message(reason, env))
+            except Exception:
+                event.update(ok=False, reason=wire.FAIL_ERROR, error=traceback.format_exc()[-_MAX_ERROR:])
+            event["logs"] = cap.finish()
+        finally:
+            event["finished_at"] = time.time()
+            self._outbox.put_nowait((a.partition, a.entry_id, _pack_result(event)))
+
+    async def _call(self, a: _Attempt, cap: capture.Capture) -> Any:
+        env = a.env
+        fn, is_async = self.loader.load(env["fn"])
+        args = env.get("args") or []
+        timeout = env.get("timeout")
+        ctx = sdk.TaskContext(
+            run_id=env["run"], task=env["task"], attempt=env["attempt"], tenant=env.get("tenant") or "",
+            params=env.get("params") or {}, map_index=env.get("map_index"), cancelled=threading.Event(),
+        )
+        a.ctx = ctx  # type: ignore[attr-defined]
+        sdk._set_context(ctx)
+        capture.activate(cap)
+        if is_async:
+            coro = fn(**args) if isinstance(args, dict) else fn(*args)
+            return await asyncio.wait_for(coro, timeout) if timeout else await coro
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        future = loop.run_in_executor(self._threads, context.run, a.slot.call, fn, args)
+        if not timeout:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._stop_attempt(a, wire.FAIL_TIMEOUT)
+            # Give the code a moment to notice; then report whether or not it did.
+            done, _ = await asyncio.wait({future}, timeout=min(5.0, self.config.lease_s / 3))
+            raise interrupt.AttemptInterrupted(wire.FAIL_TIMEOUT) from None
+
+    def _check_result(self, output: Any) -> None:
+        try:
+            encoded = json.dumps(output, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise loading.Rejected(
+                f"result of type {type(output).__name__} is not JSON-serialisable ({exc}); "
+                "return plain dicts, lists, strings, numbers, booleans or None"
+            ) from None
+        if len(encoded) > self.config.max_result_bytes:
+            raise loading.Rejected(
+                f"result is {len(encoded):,} bytes, over the {self.config.max_result_bytes:,}-byte limit; "
+                "store large data elsewhere (object storage, a table) and return a reference to it"
+            )
+
+    def _stop_attempt(self, a: _Attempt, reason: str) -> None:
+        ctx = getattr(a, "ctx", None)
+        if ctx is not None:
+            ctx.cancelled.set()
+        if not a.slot.interrupt(reason) and a.task is not None and a.slot.interrupted and not a.task.done():
+            # Async code (or not started yet): cancel the coroutine.
+            a.task.cancel()
+
+    # ---- results, leases, reclaim, cancels -----------------------------------------------
+
+    async def _publish(self) -> None:
+        """Send started events, and results with their acknowledgements, coalescing whatever is
+        waiting into one round trip."""
+        assert self.client is not None
+        while True:
+            items = [await self._outbox.get()]
+            while not self._outbox.empty():
+                items.append(self._outbox.get_nowait())
+            while True:
+                try:
+                    await self._flush(items)
+                    break
+                except rexc.NoScriptError:  # Redis restarted or flushed its scripts
+                    self._finish_sha = await self.client.script_load(self._finish_src)
+                except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+                    log.warning("agent.publish_retry", agent=self.name, error=str(exc))
+                    await asyncio.sleep(0.5)
+            for partition, entry_id, _payload in items:
+                if entry_id is not None:
+                    self._done(partition, entry_id)
+
+    async def _flush(self, items: list[tuple[int, bytes | None, bytes]]) -> None:
+        assert self.client is not None
+        finished: dict[int, list[bytes]] = {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for partition, entry_id, payload in items:
+                if entry_id is None:
+                    pipe.xadd(keys.events(partition), {keys.ENTRY_FIELD: payload})
+                elif payload:
+                    finished.setdefault(partition, []).extend((entry_id, payload))
+                else:
+                    pipe.xack(keys.pool_stream(partition, self.config.pool), keys.AGENT_GROUP, entry_id)
+            for partition, pairs in finished.items():
+                stream = keys.pool_stream(partition, self.config.pool)
+                pipe.evalsha(self._finish_sha, 2, stream, keys.events(partition), keys.AGENT_GROUP, *pairs)
+            await pipe.execute()
+
+    def _done(self, partition: int, entry_id: bytes) -> None:
+        for ident, a in list(self._inflight.items()):
+            if a.entry_id == entry_id and a.partition == partition:
+                del self._inflight[ident]
+                self.completed += 1
+                self.free += 1
+                if self.free > 0:
+                    self._has_free.set()
+                return
+
+    async def _keep_leases(self) -> None:
+        """Renew the lease of every running attempt (XCLAIM JUSTID resets idle time without
+        counting a delivery), so long tasks are not taken over while their agent is alive."""
+        assert self.client is not None
+        while True:
+            await asyncio.sleep(self.config.lease_s / 3)
+            by_partition: dict[int, list[bytes]] = {}
+            for a in list(self._inflight.values()):
+                by_partition.setdefault(a.partition, []).append(a.entry_id)
+            try:
+                for partition, ids in by_partition.items():
+                    await self.client.xclaim(
+                        keys.pool_stream(partition, self.config.pool), keys.AGENT_GROUP, self.name,
+                        min_idle_time=0, message_ids=ids, justid=True,
+                    )
+            except (rexc.ConnectionError, rexc.TimeoutError, rexc.ResponseError) as exc:
+                log.warning("agent.lease_renewal_failed", agent=self.name, error=str(exc))
+
+    async def _reclaim_loop(self) -> None:
+        assert self.client is not None
+        lease_ms = int(self.config.lease_s * 1000)
+        while True:
+            for p in range(self.config.partitions):
+                if self.free <= 0:
+                    break
+                try:
+                    entries = await self._reclaim(
+                        keys=[keys.pool_stream(p, self.config.pool), keys.dead_letter(p, self.config.pool),
+                              keys.events(p)],
+                        args=[keys.AGENT_GROUP, self.name, lease_ms, self.free, self.config.max_deliveries, 10_000],
+                    )
+                except (rexc.ConnectionError, rexc.TimeoutError, rexc.ResponseError) as exc:
+                    log.warning("agent.reclaim_failed", agent=self.name, error=str(exc))
+                    continue
+                for entry_id, flat in entries:
+                    fields = dict(zip(flat[::2], flat[1::2]))
+                    log.info("agent.reclaimed", agent=self.name, entry=entry_id)
+                    self._begin(p, entry_id, fields)
+            await asyncio.sleep(self.config.lease_s / 2)
+
+    async def _listen_cancels(self) -> None:
+        assert self.client is not None
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(keys.CANCEL_CHANNEL)
+        try:
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is None:
+                    continue
+                try:
+                    idents = [tuple(x) for x in msgpack.unpackb(msg["data"], raw=False)]
+                except Exception:
+                    continue
+                for ident in idents:
+                    self._cancelled[ident] = None  # type: ignore[index]
+                    while len(self._cancelled) > 10_000:
+                        self._cancelled.popitem(last=False)
+                    a = self._inflight.get(ident)  # type: ignore[arg-type]
+                    if a is not None:
+                        log.info("agent.cancelling", agent=self.name, attempt=ident)
+                        self._stop_attempt(a, wire.FAIL_CANCELLED)
+        finally:
+            await pubsub.aclose()
+
+
+def _interrupt_message(reason: str, env: dict[str, Any]) -> str:
+    if reason == wire.FAIL_TIMEOUT:
+        return f"timed out after {env.get('timeout')}s (timeout_seconds)"
+    return "cancelled while running"
+
+
+def _pack_result(event: dict[str, Any]) -> bytes:
+    try:
+        return wire.pack(wire.ATTEMPT_FINISHED, **event)
+    except (TypeError, ValueError) as exc:  # an output msgpack cannot carry
+        event.update(ok=False, output=None, retryable=False, reason=wire.FAIL_REJECTED,
+                     error=f"result cannot be encoded: {exc}")
+        return wire.pack(wire.ATTEMPT_FINISHED, **event)

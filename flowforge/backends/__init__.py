@@ -1,0 +1,1 @@
+"""Implementations of the engine's ports: Postgres, Redis Streams, Ray, the clock."""

@@ -1,0 +1,407 @@
+"""The Postgres run store. Hot-path writes are a handful of set-based statements per batch
+(`jsonb_to_recordset`), each a compare-and-set on status and attempt number."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from flowforge import errors, ports
+from flowforge.backends.postgres import migrate
+from flowforge.domain import model, spec
+from flowforge.domain.states import RunStatus, TaskStatus
+
+_TASK_COLS = (
+    "run_id uuid, key text, tenant_id text, name text, map_index int, before_status text, "
+    "before_attempt int, status text, attempt int, executor text, pool text, output jsonb, "
+    "error text, timer text, timer_at float8, instances int, queued_at float8, started_at float8, "
+    "finished_at float8"
+)
+_UPDATE_TASKS = sa.text(f"""
+UPDATE tasks AS t SET status = u.status, attempt = u.attempt, output = u.output, error = u.error,
+  timer = u.timer, timer_at = to_timestamp(u.timer_at), instances = u.instances,
+  queued_at = to_timestamp(u.queued_at), started_at = to_timestamp(u.started_at),
+  finished_at = to_timestamp(u.finished_at)
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u({_TASK_COLS})
+WHERE t.run_id = u.run_id AND t.key = u.key AND t.status = u.before_status
+  AND t.attempt = u.before_attempt
+RETURNING t.run_id::text
+""")
+_INSERT_TASKS = sa.text(f"""
+INSERT INTO tasks (run_id, key, tenant_id, name, map_index, status, attempt, executor, pool, output,
+  error, timer, timer_at, instances, queued_at, started_at, finished_at)
+SELECT u.run_id, u.key, u.tenant_id, u.name, u.map_index, u.status, u.attempt, u.executor, u.pool,
+  u.output, u.error, u.timer, to_timestamp(u.timer_at), u.instances, to_timestamp(u.queued_at),
+  to_timestamp(u.started_at), to_timestamp(u.finished_at)
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u({_TASK_COLS})
+ON CONFLICT (run_id, key) DO NOTHING
+RETURNING run_id::text
+""")
+_UPSERT_ATTEMPTS = sa.text("""
+INSERT INTO attempts (run_id, task_key, number, tenant_id, status, pool, agent, reason, error, logs,
+  queued_at, dispatched_at, started_at, finished_at)
+SELECT u.run_id, u.key, u.number, u.tenant, u.status, u.pool, u.agent, u.reason, u.error, u.logs,
+  to_timestamp(u.queued_at), to_timestamp(u.dispatched_at), to_timestamp(u.started_at),
+  to_timestamp(u.finished_at)
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(run_id uuid, key text, number int, tenant text,
+  status text, pool text, agent text, reason text, error text, logs jsonb, queued_at float8,
+  dispatched_at float8, started_at float8, finished_at float8)
+ON CONFLICT (run_id, task_key, number) DO UPDATE SET
+  status = EXCLUDED.status,
+  pool = COALESCE(EXCLUDED.pool, attempts.pool),
+  agent = COALESCE(EXCLUDED.agent, attempts.agent),
+  reason = COALESCE(EXCLUDED.reason, attempts.reason),
+  error = COALESCE(EXCLUDED.error, attempts.error),
+  logs = COALESCE(EXCLUDED.logs, attempts.logs),
+  queued_at = COALESCE(EXCLUDED.queued_at, attempts.queued_at),
+  dispatched_at = COALESCE(EXCLUDED.dispatched_at, attempts.dispatched_at),
+  started_at = COALESCE(EXCLUDED.started_at, attempts.started_at),
+  finished_at = COALESCE(EXCLUDED.finished_at, attempts.finished_at)
+""")
+_MARK_DISPATCHED = sa.text("""
+UPDATE attempts AS a SET dispatched_at = to_timestamp(u.at)
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(run_id uuid, key text, number int, at float8)
+WHERE a.run_id = u.run_id AND a.task_key = u.key AND a.number = u.number
+""")
+_UPDATE_RUNS = sa.text("""
+UPDATE runs AS r SET status = u.status, error = u.error, cancel_requested = u.cancel_requested,
+  started_at = CASE WHEN u.status = 'running' THEN COALESCE(r.started_at, to_timestamp(u.at))
+                    ELSE r.started_at END,
+  finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN to_timestamp(u.at)
+                     ELSE NULL END
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(run_id uuid, before_status text, status text,
+  error text, cancel_requested bool, at float8)
+WHERE r.id = u.run_id AND r.status = u.before_status
+RETURNING r.id::text
+""")
+_LOAD_RUNS = sa.text("""
+SELECT r.id::text, r.tenant_id, r.dag_id::text, r.status, r.params, r.cancel_requested, r.error,
+       r.partition, d.spec
+FROM runs r JOIN dags d ON d.id = r.dag_id WHERE r.id = ANY(CAST(:ids AS uuid[]))
+""")
+_LOAD_TASKS = sa.text("""
+SELECT t.run_id::text, t.key, t.name, t.map_index, t.status, t.attempt, t.output, t.error, t.timer,
+  extract(epoch FROM t.timer_at), t.instances, extract(epoch FROM t.queued_at),
+  extract(epoch FROM t.started_at), extract(epoch FROM t.finished_at),
+  extract(epoch FROM a.dispatched_at)
+FROM tasks t LEFT JOIN attempts a
+  ON a.run_id = t.run_id AND a.task_key = t.key AND a.number = t.attempt
+WHERE t.run_id = ANY(CAST(:ids AS uuid[]))
+""")
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _dumps(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, separators=(",", ":"), default=str)
+
+
+class PostgresStore:
+    """Implements ports.RunStore, plus the submission and read queries the API needs."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._dags: dict[str, model.CompiledDag] = {}
+
+    @classmethod
+    def connect(cls, url: str, *, pool_size: int = 10) -> PostgresStore:
+        engine = create_async_engine(
+            migrate.sync_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # ---- the coordinator's hot path ------------------------------------------------------
+
+    async def apply(self, batch: ports.WriteBatch) -> set[str]:
+        updates, inserts = [], []
+        for w in batch.tasks.values():
+            t = w.task
+            row = {
+                "run_id": w.run_id, "key": t.key, "tenant_id": w.tenant, "name": t.name,
+                "map_index": t.map_index, "before_status": w.before, "before_attempt": w.before_attempt,
+                "status": t.status, "attempt": t.attempt, "executor": w.executor, "pool": w.pool,
+                "output": t.output, "error": t.error, "timer": t.timer, "timer_at": t.timer_at,
+                "instances": t.instances, "queued_at": t.queued_at, "started_at": t.started_at,
+                "finished_at": t.finished_at,
+            }
+            (inserts if w.before is None else updates).append(row)
+        attempts = [
+            {
+                "run_id": a.run_id, "key": a.key, "number": a.number, "tenant": a.tenant,
+                "status": a.status, "pool": a.pool, "agent": a.agent, "reason": a.reason,
+                "error": a.error, "logs": a.logs, "queued_at": a.queued_at,
+                "dispatched_at": a.dispatched_at, "started_at": a.started_at,
+                "finished_at": a.finished_at,
+            }
+            for a in batch.attempts.values()
+        ]
+        runs = [
+            {
+                "run_id": r.run_id, "before_status": r.before, "status": r.after, "error": r.error,
+                "cancel_requested": r.cancel_requested, "at": r.at,
+            }
+            for r in batch.runs.values()
+        ]
+        dispatched = [{"run_id": r, "key": k, "number": n, "at": at} for r, k, n, at in batch.dispatched]
+        try:
+            async with self.engine.begin() as conn:
+                missed: set[str] = set()
+                if updates:
+                    hit = (await conn.execute(_UPDATE_TASKS, {"rows": _dumps(updates)})).scalars().all()
+                    missed |= _missed(updates, hit)
+                if inserts:
+                    hit = (await conn.execute(_INSERT_TASKS, {"rows": _dumps(inserts)})).scalars().all()
+                    missed |= _missed(inserts, hit)
+                if runs:
+                    hit = (await conn.execute(_UPDATE_RUNS, {"rows": _dumps(runs)})).scalars().all()
+                    missed |= _missed(runs, hit)
+                if missed:
+                    raise _Missed(missed)
+                if attempts:
+                    await conn.execute(_UPSERT_ATTEMPTS, {"rows": _dumps(attempts)})
+                if dispatched:
+                    await conn.execute(_MARK_DISPATCHED, {"rows": _dumps(dispatched)})
+        except _Missed as m:
+            return m.runs
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise errors.TemporaryError(f"postgres: {exc.orig or exc}") from None
+        return set()
+
+    async def load_runs(self, run_ids: Sequence[str]) -> dict[str, ports.LoadedRun]:
+        if not run_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            runs = (await conn.execute(_LOAD_RUNS, {"ids": list(run_ids)})).all()
+            rows = (await conn.execute(_LOAD_TASKS, {"ids": list(run_ids)})).all()
+        tasks: dict[str, list[tuple]] = {}
+        for row in rows:
+            tasks.setdefault(row[0], []).append(row)
+        loaded = {}
+        for run_id, tenant, dag_id, status, params, cancel, error, partition, dag_spec in runs:
+            compiled = self._dags.get(dag_id)
+            if compiled is None:
+                compiled = self._dags[dag_id] = model.compile_dag(spec.DagSpec.model_validate(dag_spec))
+            restored, undispatched, dispatched_at = [], set(), {}
+            for r in tasks.get(run_id, ()):
+                t = model.Task(
+                    key=r[1], name=r[2], map_index=r[3], status=TaskStatus(r[4]), attempt=r[5],
+                    output=r[6], error=r[7], timer=r[8], timer_at=_f(r[9]), instances=r[10],
+                    queued_at=_f(r[11]), started_at=_f(r[12]), finished_at=_f(r[13]),
+                )
+                restored.append(t)
+                if t.status in (TaskStatus.QUEUED, TaskStatus.RUNNING) and t.attempt:
+                    if r[14] is None:
+                        undispatched.add(t.key)
+                    else:
+                        dispatched_at[t.key] = float(r[14])
+            run = model.Run.restore(
+                run_id=run_id, tenant=tenant, dag=compiled, params=params, status=RunStatus(status),
+                cancel_requested=cancel, tasks=restored, error=error,
+            )
+            loaded[run_id] = ports.LoadedRun(run, partition, frozenset(undispatched), dispatched_at)
+        return loaded
+
+    async def active_runs(self, partitions: Sequence[int]) -> list[str]:
+        q = sa.text(
+            "SELECT id::text FROM runs WHERE status IN ('pending', 'running') "
+            "AND partition = ANY(:parts) ORDER BY created_at"
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(q, {"parts": list(partitions)})).scalars())
+
+    async def unpublished(self, older_than_s: float, limit: int) -> list[ports.OutboxEntry]:
+        q = sa.text(
+            "SELECT id, partition, payload FROM outbox WHERE published_at IS NULL "
+            "AND created_at < now() - make_interval(secs => :age) ORDER BY id LIMIT :limit"
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q, {"age": older_than_s, "limit": limit})).all()
+        return [ports.OutboxEntry(r[0], r[1], bytes(r[2])) for r in rows]
+
+    async def mark_published(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"), {"ids": list(ids)}
+            )
+
+    async def purge_outbox(self, older_than_s: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => :age)"
+                ),
+                {"age": older_than_s},
+            )
+
+    # ---- submission ----------------------------------------------------------------------
+
+    async def ensure_tenant(self, tenant: str, project: str = "default") -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.text("INSERT INTO tenants (id, name) VALUES (:t, :t) ON CONFLICT DO NOTHING"), {"t": tenant}
+            )
+            await conn.execute(
+                sa.text("INSERT INTO projects (tenant_id, id, name) VALUES (:t, :p, :p) ON CONFLICT DO NOTHING"),
+                {"t": tenant, "p": project},
+            )
+
+    async def put_dag(self, tenant: str, project: str, dag: spec.DagSpec) -> tuple[str, int]:
+        """Store `dag` as the next version of its name, unless it equals the latest version."""
+        doc = dag.model_dump(mode="json")
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                               {"k": f"{tenant}/{project}/{dag.name}"})
+            latest = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT id::text, version, spec FROM dags WHERE tenant_id = :t AND project_id = :p "
+                        "AND name = :n ORDER BY version DESC LIMIT 1"
+                    ),
+                    {"t": tenant, "p": project, "n": dag.name},
+                )
+            ).first()
+            if latest is not None and latest[2] == doc:
+                return latest[0], latest[1]
+            dag_id, version = str(uuid.uuid4()), (latest[1] + 1 if latest else 1)
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO dags (id, tenant_id, project_id, name, version, spec) "
+                    "VALUES (:id, :t, :p, :n, :v, CAST(:s AS jsonb))"
+                ),
+                {"id": dag_id, "t": tenant, "p": project, "n": dag.name, "v": version, "s": json.dumps(doc)},
+            )
+            return dag_id, version
+
+    async def create_run(
+        self,
+        *,
+        run_id: str,
+        tenant: str,
+        project: str,
+        dag_id: str,
+        dag: spec.DagSpec,
+        version: int,
+        params: dict[str, Any],
+        partition: int,
+        event: bytes,
+    ) -> int:
+        """Insert the run, its tasks and the outbox event in one transaction; return the outbox id."""
+        tasks = [
+            {
+                "run_id": run_id, "key": t.name, "tenant_id": tenant, "name": t.name, "map_index": None,
+                "before_status": None, "before_attempt": 0, "status": "pending", "attempt": 0,
+                "executor": t.executor, "pool": t.pool, "output": None, "error": None, "timer": None,
+                "timer_at": None, "instances": None, "queued_at": None, "started_at": None,
+                "finished_at": None,
+            }
+            for t in dag.tasks
+        ]
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO runs (id, tenant_id, project_id, dag_id, dag_name, dag_version, partition, "
+                    "status, params) VALUES (:id, :t, :p, :d, :n, :v, :part, 'pending', CAST(:params AS jsonb))"
+                ),
+                {"id": run_id, "t": tenant, "p": project, "d": dag_id, "n": dag.name, "v": version,
+                 "part": partition, "params": json.dumps(params)},
+            )
+            await conn.execute(_INSERT_TASKS, {"rows": _dumps(tasks)})
+            return (
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO outbox (tenant_id, partition, payload) VALUES (:t, :part, :payload) "
+                        "RETURNING id"
+                    ),
+                    {"t": tenant, "part": partition, "payload": event},
+                )
+            ).scalar_one()
+
+    async def add_event(self, tenant: str, partition: int, event: bytes, *, run_id: str | None = None,
+                        cancel: bool = False) -> int:
+        """Record an event for the coordinator (cancel, retry) in the outbox; return its id."""
+        async with self.engine.begin() as conn:
+            if cancel and run_id:
+                await conn.execute(
+                    sa.text("UPDATE runs SET cancel_requested = true WHERE id = :id AND tenant_id = :t "
+                            "AND status IN ('pending', 'running')"),
+                    {"id": run_id, "t": tenant},
+                )
+            return (
+                await conn.execute(
+                    sa.text("INSERT INTO outbox (tenant_id, partition, payload) VALUES (:t, :p, :e) RETURNING id"),
+                    {"t": tenant, "p": partition, "e": event},
+                )
+            ).scalar_one()
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str, tenant: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            run = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT id::text, dag_name, dag_version, status, params, error, cancel_requested, "
+                        "created_at, started_at, finished_at FROM runs WHERE id = CAST(:id AS uuid) "
+                        "AND tenant_id = :t"
+                    ),
+                    {"id": run_id, "t": tenant},
+                )
+            ).mappings().first()
+            if run is None:
+                return None
+            tasks = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT key, name, map_index, status, attempt, executor, pool, output, error, "
+                        "queued_at, started_at, finished_at FROM tasks WHERE run_id = CAST(:id AS uuid) "
+                        "ORDER BY map_index NULLS FIRST, key"
+                    ),
+                    {"id": run_id},
+                )
+            ).mappings().all()
+            attempts = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT task_key, number, status, pool, agent, reason, error, logs, queued_at, "
+                        "dispatched_at, started_at, finished_at FROM attempts WHERE run_id = CAST(:id AS uuid) "
+                        "ORDER BY task_key, number"
+                    ),
+                    {"id": run_id},
+                )
+            ).mappings().all()
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for a in attempts:
+            by_task.setdefault(a["task_key"], []).append(dict(a))
+        out = dict(run)
+        out["tasks"] = [dict(t, attempts=by_task.get(t["key"], [])) for t in tasks]
+        return out
+
+
+class _Missed(Exception):
+    """A compare-and-set missed: raised inside the transaction so it rolls back."""
+
+    def __init__(self, runs: set[str]) -> None:
+        self.runs = runs
+
+
+def _missed(rows: list[dict[str, Any]], hit: Sequence[str]) -> set[str]:
+    if len(hit) == len(rows):
+        return set()
+    expected: dict[str, int] = {}
+    for r in rows:
+        expected[str(r["run_id"])] = expected.get(str(r["run_id"]), 0) + 1
+    for run_id in hit:
+        expected[run_id] -= 1
+    return {run_id for run_id, n in expected.items() if n}

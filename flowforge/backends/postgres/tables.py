@@ -1,0 +1,131 @@
+"""SQLAlchemy table definitions. Every row carries its tenant; alembic migrations mirror these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> sa.sql.elements.TextClause:
+    return sa.text("now()")
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+
+
+class Dag(Base):
+    """One version of a DAG. Versions are immutable; a new spec is a new version."""
+
+    __tablename__ = "dags"
+    id: Mapped[str] = mapped_column(UUID(as_uuid=False), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    project_id: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[int] = mapped_column(sa.Integer)
+    spec: Mapped[dict] = mapped_column(JSONB)
+    deleted: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    __table_args__ = (
+        sa.ForeignKeyConstraint(["tenant_id", "project_id"], ["projects.tenant_id", "projects.id"]),
+        sa.UniqueConstraint("tenant_id", "project_id", "name", "version"),
+    )
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(UUID(as_uuid=False), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.String(64))
+    project_id: Mapped[str] = mapped_column(sa.String(64))
+    dag_id: Mapped[str] = mapped_column(sa.ForeignKey("dags.id"))
+    dag_name: Mapped[str] = mapped_column(sa.String(64))
+    dag_version: Mapped[int] = mapped_column(sa.Integer)
+    partition: Mapped[int] = mapped_column(sa.Integer)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    params: Mapped[dict] = mapped_column(JSONB)
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    __table_args__ = (
+        sa.Index("runs_tenant_created", "tenant_id", "created_at"),
+        # The reconciler's sweep: active runs of a partition.
+        sa.Index(
+            "runs_active_partition", "partition",
+            postgresql_where=sa.text("status IN ('pending', 'running')"),
+        ),
+    )
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    run_id: Mapped[str] = mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(96), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    map_index: Mapped[int | None] = mapped_column(sa.Integer)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempt: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    executor: Mapped[str] = mapped_column(sa.String(8))
+    pool: Mapped[str] = mapped_column(sa.String(64))
+    output: Mapped[object | None] = mapped_column(JSONB(none_as_null=True))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    timer: Mapped[str | None] = mapped_column(sa.String(16))
+    timer_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    instances: Mapped[int | None] = mapped_column(sa.Integer)
+    queued_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+    run_id: Mapped[str] = mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    task_key: Mapped[str] = mapped_column(sa.String(96), primary_key=True)
+    number: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    pool: Mapped[str | None] = mapped_column(sa.String(64))
+    agent: Mapped[str | None] = mapped_column(sa.String(128))
+    reason: Mapped[str | None] = mapped_column(sa.String(16))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    logs: Mapped[list | None] = mapped_column(JSONB)
+    queued_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class Outbox(Base):
+    """Events written in the same transaction as the change they announce; published to Redis
+    right after commit, and again by the reconciler if that publish was lost."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.String(64))
+    partition: Mapped[int] = mapped_column(sa.Integer)
+    payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    published_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    __table_args__ = (
+        sa.Index("outbox_unpublished", "created_at", postgresql_where=sa.text("published_at IS NULL")),
+    )

@@ -1,0 +1,173 @@
+"""The coordinator's side of Redis Streams: reading partition events, dispatching attempts to
+pool streams, cancel signals, trimming, and noticing when Redis lost its data."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgpack
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from flowforge import errors, keys, ports, wire
+
+_TRIM = (Path(__file__).parent / "trim.lua").read_text()
+
+
+def _translate(exc: Exception) -> errors.FlowForgeError:
+    return errors.TemporaryError(f"redis: {exc}")
+
+
+async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except rexc.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class RedisQueue:
+    """Implements ports.WorkQueue."""
+
+    def __init__(self, client: aioredis.Redis, *, consumer: str = "owner") -> None:
+        self.client = client
+        self.consumer = consumer
+        self._trim = client.register_script(_TRIM)
+        self._epoch: bytes | None = None
+        self._backlog_read: set[int] = set()  # partitions whose own pending entries were re-read
+
+    @classmethod
+    def connect(cls, url: str) -> RedisQueue:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def read_events(self, partitions: Sequence[int], count: int, block_ms: int) -> list[ports.Delivery]:
+        streams = {}
+        for p in partitions:
+            # After a restart, first re-read what this consumer was given but never acknowledged.
+            streams[keys.events(p)] = ">" if p in self._backlog_read else "0"
+        try:
+            block = None if any(v == "0" for v in streams.values()) else block_ms
+            reply = await self.client.xreadgroup(
+                keys.COORDINATOR_GROUP, self.consumer, streams, count=count, block=block
+            )
+        except rexc.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            for p in partitions:
+                await ensure_group(self.client, keys.events(p), keys.COORDINATOR_GROUP)
+            return []
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+        out: list[ports.Delivery] = []
+        seen_backlog = {p for p in partitions if streams[keys.events(p)] == "0"}
+        for stream, entries in reply or ():
+            stream = stream.decode() if isinstance(stream, bytes) else stream
+            for entry_id, fields in entries:
+                if not fields:
+                    continue
+                try:
+                    env = wire.unpack(fields[keys.ENTRY_FIELD])
+                except (wire.WireError, KeyError):
+                    env = {"k": "corrupt"}
+                out.append(ports.Delivery(stream, entry_id, env))
+        # A backlog read that came back short means the backlog is drained.
+        if len(out) < count:
+            self._backlog_read |= seen_backlog
+        return out
+
+    async def ack_events(self, deliveries: Sequence[ports.Delivery]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for d in deliveries:
+            by_stream.setdefault(d.stream, []).append(d.entry_id)
+        if not by_stream:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, keys.COORDINATOR_GROUP, *ids)
+                await pipe.execute()
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+
+    async def publish_events(self, events: Sequence[tuple[int, bytes]]) -> None:
+        if not events:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for partition, payload in events:
+                    pipe.xadd(keys.events(partition), {keys.ENTRY_FIELD: payload})
+                await pipe.execute()
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+
+    async def dispatch(self, entries: Sequence[tuple[int, str, bytes]]) -> None:
+        if not entries:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for partition, pool, payload in entries:
+                    pipe.xadd(keys.pool_stream(partition, pool), {keys.ENTRY_FIELD: payload})
+                await pipe.execute()
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+
+    async def stop_attempts(self, attempts: Sequence[tuple[str, str, int]]) -> None:
+        if not attempts:
+            return
+        payload = msgpack.packb([list(a) for a in attempts], use_bin_type=True)
+        try:
+            await self.client.publish(keys.CANCEL_CHANNEL, payload)
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+
+    async def attempts_in_stream(self, partition: int, pool: str) -> set[tuple[str, str, int]]:
+        """Attempts with an entry in the pool stream (the stream is shallow: trimmed to unacked)."""
+        found: set[tuple[str, str, int]] = set()
+        start = "-"
+        while True:
+            entries = await self.client.xrange(keys.pool_stream(partition, pool), min=start, count=1000)
+            for entry_id, fields in entries:
+                try:
+                    env = wire.unpack(fields[keys.ENTRY_FIELD])
+                    found.add((env["run"], env["task"], env["attempt"]))
+                except (wire.WireError, KeyError):
+                    continue
+            if len(entries) < 1000:
+                return found
+            start = "(" + entries[-1][0].decode()
+
+    async def check_epoch(self) -> bool:
+        current = await self.client.get(keys.EPOCH)
+        if self._epoch is not None and current == self._epoch:
+            return True
+        if current is None:
+            current = secrets.token_hex(8).encode()
+            # NX: if several coordinators race, they all adopt the same new epoch.
+            await self.client.set(keys.EPOCH, current, nx=True)
+            current = await self.client.get(keys.EPOCH)
+        first = self._epoch is None
+        self._epoch = current
+        return first
+
+    async def trim(self, partition: int, pools: Sequence[str]) -> None:
+        await self._trim(keys=[keys.events(partition)], args=[keys.COORDINATOR_GROUP])
+        for pool in pools:
+            await self._trim(keys=[keys.pool_stream(partition, pool)], args=[keys.AGENT_GROUP])
+
+    async def ensure_groups(self, partitions: Sequence[int], pools: Sequence[str]) -> None:
+        for p in partitions:
+            await ensure_group(self.client, keys.events(p), keys.COORDINATOR_GROUP)
+            for pool in pools:
+                await ensure_group(self.client, keys.pool_stream(p, pool), keys.AGENT_GROUP)
+
+    async def ping(self) -> None:
+        try:
+            await asyncio.wait_for(self.client.ping(), timeout=2)
+        except (rexc.ConnectionError, rexc.TimeoutError, TimeoutError) as exc:
+            raise _translate(exc) from None

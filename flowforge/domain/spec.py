@@ -1,0 +1,78 @@
+"""The DAG spec: what a user writes (YAML, JSON or the Python SDK) and what the engine runs.
+
+These models check the shape of one field at a time; `validation` checks the DAG as a whole
+(names, cycles, references, expressions, limits) and reports every problem at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$"
+FN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+Executor = Literal["light", "heavy", "auto"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Strict):
+    """Bounds every DAG must stay within; the operator may raise or lower them."""
+
+    max_tasks: int = Field(10_000, ge=1, description="Tasks per DAG.")
+    max_fanout: int = Field(10_000, ge=1, description="Instances one `map` task may create.")
+    max_payload_bytes: int = Field(
+        1 << 20, ge=1024, description="Encoded size of params, args and one task output."
+    )
+    max_retries: int = Field(100, ge=0, description="Largest allowed `retries.limit`.")
+    max_timeout_seconds: float = Field(7 * 86_400, gt=0, description="Largest `timeout_seconds`.")
+
+
+class RetryPolicy(_Strict):
+    """How failed attempts are retried. `limit` counts retries, so attempts = limit + 1."""
+
+    limit: int = Field(0, ge=0)
+    backoff: Literal["exponential", "fixed"] = "exponential"
+    base_seconds: float = Field(1.0, ge=0, le=86_400)
+    factor: float = Field(2.0, ge=1, le=100)
+    max_seconds: float = Field(300.0, ge=0, le=7 * 86_400)
+    jitter: float = Field(0.1, ge=0, le=1, description="Fraction of the delay drawn at random.")
+
+
+class MapSpec(_Strict):
+    """Fan out one task instance per item of a list: `over` is a reference to that list."""
+
+    over: str = Field(..., description="e.g. '{{ tasks.list_files.output }}' or '{{ params.items }}'")
+    max_items: int = Field(1_000, ge=1, description="Cap on instances; a longer list fails the task.")
+
+
+class TaskSpec(_Strict):
+    name: str = Field(..., pattern=NAME_PATTERN)
+    fn: str = Field(..., pattern=FN_PATTERN, description="'package.module:function'")
+    args: list[Any] | dict[str, Any] = Field(
+        default_factory=list, description="Positional (list) or keyword (mapping) arguments."
+    )
+    depends: list[str] = Field(default_factory=list)
+    when: str | None = None
+    retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_seconds: float | None = Field(None, gt=0)
+    executor: Executor = "light"
+    pool: str = Field("default", pattern=NAME_PATTERN)
+    map: MapSpec | None = None
+
+
+class DagSpec(_Strict):
+    name: str = Field(..., pattern=NAME_PATTERN)
+    description: str = Field("", max_length=4_000)
+    params: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[TaskSpec] = Field(..., min_length=1)
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)

@@ -1,0 +1,345 @@
+"""The coordinator: consumes its partitions' event streams, advances runs with the pure state
+machine, writes each cycle's transitions to Postgres in one transaction, then dispatches ready
+attempts and acknowledges the events. Postgres first, Redis second: a crash in between leaves
+work the reconciler finds again, never a transition that was announced but not stored."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from flowforge import errors, ports, wire
+from flowforge.domain import machine, model
+from flowforge.domain.model import Run
+from flowforge.domain.states import RUN_TERMINAL, TASK_ACTIVE
+from flowforge.engine import scheduling, timers
+
+log = structlog.get_logger("flowforge.coordinator")
+
+
+@dataclass(frozen=True)
+class Options:
+    partitions: tuple[int, ...]
+    batch_size: int = 1000
+    block_s: float = 0.5
+    prefetch: int = 8
+    max_cached_runs: int = 10_000
+    machine: machine.Config = machine.Config()
+
+
+@dataclass
+class _Cycle:
+    """What one cycle collected: writes, dispatches, stop signals and timers."""
+
+    now: float
+    batch: ports.WriteBatch = field(default_factory=ports.WriteBatch)
+    stops: list[tuple[str, str, int]] = field(default_factory=list)
+    timers: list[timers.Timer] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        store: ports.RunStore,
+        queue: ports.WorkQueue,
+        clock: ports.Clock,
+        capacity: Callable[[str], int],
+        options: Options,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.clock = clock
+        self.options = options
+        self.runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()  # run id -> (run, partition)
+        self.scheduler = scheduling.Scheduler(capacity, options.prefetch)
+        self.timers = timers.Timers()
+        self._stopping = asyncio.Event()
+        # The reconciler runs beside the event loop; both change the held runs only under this.
+        self.lock = asyncio.Lock()
+        self.cycles = 0
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.cycle()
+            except errors.TemporaryError as exc:
+                log.warning("coordinator.backend_unavailable", error=str(exc))
+                self._forget(set(self.runs))
+                await asyncio.sleep(exc.delay)
+
+    # ---- one cycle -----------------------------------------------------------------------
+
+    async def cycle(self) -> int:
+        """Read a batch of events (waiting at most until the next timer), and handle it."""
+        wait = self.options.block_s
+        nxt = self.timers.next_at()
+        if nxt is not None:
+            wait = max(0.0, min(wait, nxt - self.clock.now()))
+        deliveries = await self.queue.read_events(
+            self.options.partitions, self.options.batch_size, max(1, int(wait * 1000))
+        )
+        now = self.clock.now()
+        due = self.timers.due(now, self.options.batch_size)
+        if not deliveries and not due:
+            await self._dispatch_only(now)
+            return 0
+        await self.handle(deliveries, due, now)
+        self.cycles += 1
+        return len(deliveries) + len(due)
+
+    async def handle(
+        self, deliveries: Sequence[ports.Delivery], due: Sequence[timers.Timer], now: float
+    ) -> None:
+        events: list[tuple[str, machine.Event]] = []
+        for d in deliveries:
+            parsed = _event(d.envelope)
+            if parsed is None:
+                log.warning("coordinator.unreadable_event", stream=d.stream, kind=d.envelope.get("k"))
+            else:
+                events.append(parsed)
+        # Timers of runs we no longer hold are dropped: loading a run re-arms its timers.
+        events.extend(
+            (t.run_id, machine.TimerDue(t.key, t.attempt, t.kind)) for t in due if t.run_id in self.runs
+        )
+        await self.handle_events(events, deliveries, now)
+
+    async def handle_events(
+        self,
+        events: Sequence[tuple[str, machine.Event]],
+        deliveries: Sequence[ports.Delivery] = (),
+        now: float | None = None,
+    ) -> None:
+        async with self.lock:
+            await self._handle_locked(events, deliveries, self.clock.now() if now is None else now)
+
+    async def _handle_locked(
+        self,
+        events: Sequence[tuple[str, machine.Event]],
+        deliveries: Sequence[ports.Delivery],
+        now: float,
+    ) -> None:
+        for attempt in range(2):
+            await self._load([run_id for run_id, _ in events if run_id not in self.runs])
+            cyc = _Cycle(now)
+            for run_id, ev in events:
+                entry = self.runs.get(run_id)
+                if entry is not None:
+                    self._apply(entry[0], entry[1], ev, cyc)
+            dispatches = self._schedule(cyc)
+            missed = await self.store.apply(cyc.batch)
+            if not missed:
+                break
+            # Another writer moved these runs on: drop our copies of everything this cycle
+            # touched (the transaction rolled back as a whole) and replay on fresh state.
+            log.info("coordinator.cas_conflict", runs=len(missed), retry=attempt == 0)
+            self._forget(cyc.touched)
+        else:
+            return  # leave the events unacknowledged; they are read again
+        await self.queue.dispatch(dispatches)
+        await self.queue.stop_attempts(cyc.stops)
+        for t in cyc.timers:
+            self.timers.arm(t)
+        await self.queue.ack_events(deliveries)
+        ended = {r for r, _ in events if (e := self.runs.get(r)) is not None and e[0].status in RUN_TERMINAL}
+        self._forget(ended)
+
+    async def _dispatch_only(self, now: float) -> None:
+        """Free slots may have opened without events of ours (another partition's work ended)."""
+        async with self.lock:
+            await self._dispatch_locked(now)
+
+    async def _dispatch_locked(self, now: float) -> None:
+        cyc = _Cycle(now)
+        dispatches = self._schedule(cyc)
+        if dispatches:
+            if await self.store.apply(cyc.batch):
+                self._forget(cyc.touched)
+            else:
+                await self.queue.dispatch(dispatches)
+
+    def _apply(self, run: Run, partition: int, event: machine.Event, cyc: _Cycle) -> None:
+        before_status, before_cancel = run.status, run.cancel_requested
+        effects = machine.advance(run, event, cyc.now, self.options.machine)
+        if not effects and run.cancel_requested == before_cancel:
+            return
+        cyc.touched.add(run.run_id)
+        b = cyc.batch
+        for fx in effects:
+            match fx:
+                case machine.TaskChanged(before=before, after=after):
+                    k = (run.run_id, after.key)
+                    prior = b.tasks.get(k)
+                    if prior is not None:
+                        prior.task = after
+                    else:
+                        tspec = run.dag.tasks[after.name]
+                        b.tasks[k] = ports.TaskWrite(
+                            run.run_id, run.tenant, None if before is None else before.status,
+                            0 if before is None else before.attempt, after, tspec.pool, tspec.executor,
+                        )
+                    if before is not None and before.status in TASK_ACTIVE and (
+                        after.status not in TASK_ACTIVE or after.attempt != before.attempt
+                    ):
+                        self.scheduler.done(run.run_id, after.key)
+                case machine.AttemptChanged():
+                    _merge_attempt(b, run, fx)
+                case machine.Enqueue(task=task):
+                    self.scheduler.offer(ready_item(run, partition, task, fx, cyc.now))
+                case machine.StopAttempt(key=key, attempt=n):
+                    cyc.stops.append((run.run_id, key, n))
+                case machine.ArmTimer(key=key, attempt=n, kind=kind, at=at):
+                    cyc.timers.append(timers.Timer(at, run.run_id, key, n, kind))
+                case machine.RunChanged():
+                    pass
+        if effects or run.cancel_requested != before_cancel:
+            prior = b.runs.get(run.run_id)
+            b.runs[run.run_id] = ports.RunWrite(
+                run.run_id, prior.before if prior else before_status, run.status,
+                run.cancel_requested, run.error, cyc.now,
+            )
+
+    def _schedule(self, cyc: _Cycle) -> list[tuple[int, str, bytes]]:
+        out = []
+
+        def wanted(item: scheduling.Ready) -> bool:
+            entry = self.runs.get(item.run_id)
+            if entry is None:
+                return False
+            task = entry[0].tasks.get(item.key)
+            return task is not None and task.attempt == item.attempt and task.status in TASK_ACTIVE
+
+        for item in self.scheduler.take(wanted):
+            cyc.touched.add(item.run_id)
+            env = dict(item.envelope, dispatched_at=cyc.now)
+            out.append((item.partition, item.pool, wire.pack(wire.DISPATCH, **env)))
+            write = cyc.batch.attempts.get((item.run_id, item.key, item.attempt))
+            if write is not None:
+                write.dispatched_at = cyc.now
+            else:
+                cyc.batch.dispatched.append((item.run_id, item.key, item.attempt, cyc.now))
+        return out
+
+    # ---- the run cache -------------------------------------------------------------------
+
+    async def _load(self, run_ids: Sequence[str]) -> list[str]:
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return []
+        loaded = await self.store.load_runs(wanted)
+        for run_id, lr in loaded.items():
+            self.adopt(lr)
+        return list(loaded)
+
+    def adopt(self, lr: ports.LoadedRun) -> None:
+        """Hold a run loaded from Postgres: re-arm its timers, re-queue what was never dispatched."""
+        run = lr.run
+        self.runs[run.run_id] = (run, lr.partition)
+        while len(self.runs) > self.options.max_cached_runs:
+            oldest = next(iter(self.runs))
+            self._forget({oldest})
+        for task in run.tasks.values():
+            if task.timer is not None and task.timer_at is not None:
+                self.timers.arm(timers.Timer(task.timer_at, run.run_id, task.key, task.attempt, task.timer))
+            if task.key in lr.undispatched:
+                tspec = run.dag.tasks[task.name]
+                try:
+                    args = model.resolve_args(run, task)
+                except Exception as exc:  # the machine fails the task on its next event
+                    log.warning("coordinator.unresolvable_args", run=run.run_id, task=task.key, error=str(exc))
+                    continue
+                fx = machine.Enqueue(task, tspec.pool, tspec.fn, args, tspec.timeout_seconds)
+                self.scheduler.offer(ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now()))
+            elif task.key in lr.dispatched_at:
+                self.scheduler.mark_inflight(run.run_id, task.key, run.dag.tasks[task.name].pool)
+
+    def _forget(self, run_ids: set[str]) -> None:
+        for run_id in run_ids:
+            self.runs.pop(run_id, None)
+        self.scheduler.forget_runs(set(run_ids))
+
+    def held(self, run_id: str) -> Run | None:
+        entry = self.runs.get(run_id)
+        return entry[0] if entry else None
+
+
+def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, now: float) -> scheduling.Ready:
+    envelope: dict[str, Any] = {
+        "tenant": run.tenant,
+        "run": run.run_id,
+        "task": task.key,
+        "attempt": task.attempt,
+        "part": partition,
+        "pool": fx.pool,
+        "fn": fx.fn,
+        "args": fx.args,
+        "timeout": fx.timeout,
+        "map_index": task.map_index,
+        "params": run.params,
+        "queued_at": now,
+    }
+    return scheduling.Ready(run.run_id, partition, run.tenant, task.key, task.attempt, fx.pool, envelope)
+
+
+def _merge_attempt(b: ports.WriteBatch, run: Run, fx: machine.AttemptChanged) -> None:
+    k = (run.run_id, fx.key, fx.attempt)
+    w = b.attempts.get(k)
+    if w is None:
+        pool = run.dag.tasks[run.tasks[fx.key].name].pool
+        w = b.attempts[k] = ports.AttemptWrite(run.run_id, run.tenant, fx.key, fx.attempt, fx.status, pool=pool)
+    w.status = fx.status
+    for name in ("queued_at", "started_at", "finished_at", "agent", "error", "reason"):
+        value = getattr(fx, name)
+        if value is not None:
+            setattr(w, name, value)
+    if fx.logs:
+        w.logs = list(fx.logs)
+
+
+def _event(env: dict[str, Any]) -> tuple[str, machine.Event] | None:
+    kind, run_id = env.get("k"), env.get("run")
+    if not isinstance(run_id, str):
+        return None
+    try:
+        match kind:
+            case wire.RUN_CREATED:
+                return run_id, machine.Start()
+            case wire.RUN_CANCEL:
+                return run_id, machine.Cancel()
+            case wire.RUN_RETRY:
+                return run_id, machine.Retry()
+            case wire.ATTEMPT_STARTED:
+                return run_id, machine.Started(env["task"], int(env["attempt"]), env.get("agent"))
+            case wire.ATTEMPT_FINISHED:
+                return run_id, machine.Finished(
+                    key=env["task"],
+                    attempt=int(env["attempt"]),
+                    ok=bool(env["ok"]),
+                    output=env.get("output"),
+                    error=env.get("error"),
+                    reason=env.get("reason") or "error",
+                    retryable=bool(env.get("retryable", True)),
+                    started_at=env.get("started_at"),
+                    agent=env.get("agent"),
+                    logs=tuple(env.get("logs") or ()),
+                )
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()

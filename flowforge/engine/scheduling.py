@@ -1,0 +1,70 @@
+"""Which queued attempts go to a pool stream now. Streams stay shallow: an attempt is dispatched
+only into a pool's free slots plus a small prefetch, so ordering decisions stay ours (fair
+share across tenants builds on this) instead of becoming the stream's FIFO."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Ready:
+    run_id: str
+    partition: int
+    tenant: str
+    key: str
+    attempt: int
+    pool: str
+    envelope: dict[str, Any]
+
+
+class Scheduler:
+    def __init__(self, capacity: Callable[[str], int], prefetch: int) -> None:
+        self._capacity = capacity
+        self._prefetch = prefetch
+        self._ready: dict[str, deque[Ready]] = {}
+        self._inflight: dict[tuple[str, str], str] = {}  # (run, key) -> pool
+        self._busy: dict[str, int] = {}
+
+    def offer(self, item: Ready) -> None:
+        self._ready.setdefault(item.pool, deque()).append(item)
+
+    def free(self, pool: str) -> int:
+        return self._capacity(pool) + self._prefetch - self._busy.get(pool, 0)
+
+    def take(self, still_wanted: Callable[[Ready], bool]) -> Iterator[Ready]:
+        """Yield the ready attempts to dispatch now, marking them in flight."""
+        for pool, queue in self._ready.items():
+            free = self.free(pool)
+            while queue and free > 0:
+                item = queue.popleft()
+                if not still_wanted(item):
+                    continue
+                self.mark_inflight(item.run_id, item.key, pool)
+                free -= 1
+                yield item
+
+    def mark_inflight(self, run_id: str, key: str, pool: str) -> None:
+        if (run_id, key) not in self._inflight:
+            self._inflight[(run_id, key)] = pool
+            self._busy[pool] = self._busy.get(pool, 0) + 1
+
+    def done(self, run_id: str, key: str) -> None:
+        pool = self._inflight.pop((run_id, key), None)
+        if pool is not None:
+            self._busy[pool] -= 1
+
+    def forget_runs(self, run_ids: set[str]) -> None:
+        for (run_id, key) in [k for k in self._inflight if k[0] in run_ids]:
+            self.done(run_id, key)
+        for pool, queue in self._ready.items():
+            self._ready[pool] = deque(i for i in queue if i.run_id not in run_ids)
+
+    def inflight(self) -> dict[tuple[str, str], str]:
+        return dict(self._inflight)
+
+    def depth(self) -> dict[str, int]:
+        return {pool: len(q) for pool, q in self._ready.items()}

@@ -1,0 +1,104 @@
+"""Submitting runs and run commands (cancel, retry): validate, store in one transaction with
+an outbox event, then publish that event at once. If the publish fails, the reconciler
+relays it from the outbox later, so a submission that returned is never lost."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from flowforge import errors, keys, ports, wire
+from flowforge.domain import spec, validation
+
+log = structlog.get_logger("flowforge.submission")
+
+
+class SubmitStore(Protocol):
+    async def put_dag(self, tenant: str, project: str, dag: spec.DagSpec) -> tuple[str, int]: ...
+
+    async def create_run(self, **kwargs: Any) -> int: ...
+
+    async def add_event(self, tenant: str, partition: int, event: bytes, **kwargs: Any) -> int: ...
+
+    async def mark_published(self, ids: list[int]) -> None: ...
+
+
+class Submitter:
+    def __init__(
+        self,
+        store: SubmitStore,
+        queue: ports.WorkQueue,
+        *,
+        partitions: int,
+        limits: spec.Limits = spec.Limits(),
+        pools: frozenset[str] | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.partitions = partitions
+        self.limits = limits
+        self.pools = pools
+
+    def validate(self, dag: Any, params: Mapping[str, Any] | None = None) -> tuple[spec.DagSpec, dict[str, Any]]:
+        """Parse and check a DAG and its params; raises validation.SpecError with every problem."""
+        parsed = dag if isinstance(dag, spec.DagSpec) else validation.parse_dag(dag, self.limits)
+        problems = []
+        if self.pools is not None:
+            for i, t in enumerate(parsed.tasks):
+                if t.executor == "light" and t.pool not in self.pools:
+                    problems.append(
+                        validation.Problem(
+                            f"tasks[{i}].pool", f"unknown pool '{t.pool}'",
+                            f"use one of: {', '.join(sorted(self.pools))}, or add pool-config/{t.pool}.yaml",
+                        )
+                    )
+        try:
+            merged = validation.merge_params(parsed, params or {}, self.limits)
+        except validation.SpecError as exc:
+            problems.extend(exc.problems)
+            merged = {}
+        if problems:
+            raise validation.SpecError(problems)
+        return parsed, merged
+
+    async def submit(
+        self,
+        dag: Any,
+        params: Mapping[str, Any] | None = None,
+        *,
+        tenant: str = "default",
+        project: str = "default",
+    ) -> str:
+        parsed, merged = self.validate(dag, params)
+        dag_id, version = await self.store.put_dag(tenant, project, parsed)
+        run_id = str(uuid.uuid4())
+        partition = keys.partition_of(run_id, self.partitions)
+        event = wire.pack(wire.RUN_CREATED, run=run_id, tenant=tenant)
+        outbox_id = await self.store.create_run(
+            run_id=run_id, tenant=tenant, project=project, dag_id=dag_id, dag=parsed, version=version,
+            params=merged, partition=partition, event=event,
+        )
+        await self._publish(partition, event, outbox_id)
+        return run_id
+
+    async def cancel(self, run_id: str, *, tenant: str = "default") -> None:
+        await self._command(run_id, tenant, wire.RUN_CANCEL, cancel=True)
+
+    async def retry(self, run_id: str, *, tenant: str = "default") -> None:
+        await self._command(run_id, tenant, wire.RUN_RETRY)
+
+    async def _command(self, run_id: str, tenant: str, kind: str, *, cancel: bool = False) -> None:
+        partition = keys.partition_of(run_id, self.partitions)
+        event = wire.pack(kind, run=run_id, tenant=tenant)
+        outbox_id = await self.store.add_event(tenant, partition, event, run_id=run_id, cancel=cancel)
+        await self._publish(partition, event, outbox_id)
+
+    async def _publish(self, partition: int, event: bytes, outbox_id: int) -> None:
+        try:
+            await self.queue.publish_events([(partition, event)])
+            await self.store.mark_published([outbox_id])
+        except errors.TemporaryError as exc:
+            log.warning("submission.publish_deferred", error=str(exc), outbox=outbox_id)

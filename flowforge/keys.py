@@ -1,0 +1,34 @@
+"""Every Redis key FlowForge uses, in one place.
+
+Keys are partitioned by run: a run belongs to partition `crc32(run_id) % partitions`, and
+every key of a partition carries the hash tag `{pN}`, so a pool stream, its dead-letter stream
+and the partition's event stream live in one Redis Cluster slot. That is what lets an agent
+publish a result and acknowledge its dispatch entry in one atomic script.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "ff"
+COORDINATOR_GROUP = "coordinators"
+AGENT_GROUP = "agents"
+ENTRY_FIELD = b"e"  # each stream entry holds one msgpack envelope under this field
+CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: stop running attempts (best effort, bounded by timers)
+EPOCH = f"{PREFIX}:epoch"  # a token whose disappearance tells the coordinator Redis lost its data
+
+
+def partition_of(run_id: str, partitions: int) -> int:
+    return zlib.crc32(run_id.encode()) % partitions
+
+
+def events(partition: int) -> str:
+    return f"{PREFIX}:{{p{partition}}}:events"
+
+
+def pool_stream(partition: int, pool: str) -> str:
+    return f"{PREFIX}:{{p{partition}}}:pool:{pool}"
+
+
+def dead_letter(partition: int, pool: str) -> str:
+    return f"{PREFIX}:{{p{partition}}}:dlq:{pool}"

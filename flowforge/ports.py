@@ -1,0 +1,129 @@
+"""The ports: what the engine needs from the world, as Protocols, plus the plain values that
+cross them. Backends implement these; the engine imports nothing else with I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flowforge.domain.model import Run, Task
+from flowforge.domain.states import RunStatus, TaskStatus
+
+
+@dataclass
+class TaskWrite:
+    run_id: str
+    tenant: str
+    before: TaskStatus | None  # None: insert a new row
+    before_attempt: int
+    task: Task
+    pool: str
+    executor: str
+
+
+@dataclass
+class AttemptWrite:
+    run_id: str
+    tenant: str
+    key: str
+    number: int
+    status: str
+    pool: str | None = None
+    queued_at: float | None = None
+    dispatched_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    agent: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    logs: list[Any] | None = None
+
+
+@dataclass
+class RunWrite:
+    run_id: str
+    before: RunStatus
+    after: RunStatus
+    cancel_requested: bool
+    error: str | None
+    at: float
+
+
+@dataclass
+class WriteBatch:
+    """Everything one coordinator cycle writes, coalesced per row, applied in one transaction."""
+
+    tasks: dict[tuple[str, str], TaskWrite] = field(default_factory=dict)
+    attempts: dict[tuple[str, str, int], AttemptWrite] = field(default_factory=dict)
+    runs: dict[str, RunWrite] = field(default_factory=dict)
+    dispatched: list[tuple[str, str, int, float]] = field(default_factory=list)  # (run, key, n, at)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.attempts or self.runs or self.dispatched)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    run: Run
+    partition: int
+    undispatched: frozenset[str]  # keys of queued tasks whose attempt is not in a stream yet
+    dispatched_at: dict[str, float]  # queued/running task key -> when its attempt was dispatched
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    partition: int
+    payload: bytes
+
+
+class RunStore(Protocol):
+    async def load_runs(self, run_ids: Sequence[str]) -> dict[str, LoadedRun]: ...
+
+    async def apply(self, batch: WriteBatch) -> set[str]:
+        """Write the batch in one transaction. If any compare-and-set misses, roll back and
+        return the ids of the runs whose rows had moved on; else return an empty set."""
+        ...
+
+    async def active_runs(self, partitions: Sequence[int]) -> list[str]: ...
+
+    async def unpublished(self, older_than_s: float, limit: int) -> list[OutboxEntry]: ...
+
+    async def mark_published(self, ids: Sequence[int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One envelope read from a stream, with what is needed to acknowledge it."""
+
+    stream: str
+    entry_id: bytes
+    envelope: dict[str, Any]
+
+
+class WorkQueue(Protocol):
+    async def read_events(self, partitions: Sequence[int], count: int, block_ms: int) -> list[Delivery]: ...
+
+    async def ack_events(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def publish_events(self, events: Sequence[tuple[int, bytes]]) -> None: ...
+
+    async def dispatch(self, entries: Sequence[tuple[int, str, bytes]]) -> None:
+        """XADD (partition, pool, envelope) entries to their pool streams, in one round trip."""
+        ...
+
+    async def stop_attempts(self, attempts: Sequence[tuple[str, str, int]]) -> None: ...
+
+    async def attempts_in_stream(self, partition: int, pool: str) -> set[tuple[str, str, int]]: ...
+
+    async def check_epoch(self) -> bool:
+        """True if Redis kept its data since the last call (False after a flush or a failover
+        that lost writes: the caller then rebuilds from Postgres)."""
+        ...
+
+    async def trim(self, partition: int, pools: Sequence[str]) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...

@@ -1,0 +1,200 @@
+"""The composition root: builds every part from Settings and wires them together.
+
+Nothing else in FlowForge constructs backends; the CLI and the tests start a `Stack`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from flowforge import embedded, errors, settings as settings_mod
+from flowforge.backends import redis_streams
+from flowforge.backends.postgres import migrate, store as pg_store
+from flowforge.domain import machine
+from flowforge.engine import coordinator as coordinating
+from flowforge.engine import reconciler as reconciling
+from flowforge.engine import submission
+
+log = structlog.get_logger("flowforge.runtime")
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    """Resolved service URLs, and the embedded servers started to provide them."""
+
+    database_url: str
+    redis_url: str
+    started: list[embedded.Service] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for svc in reversed(self.started):
+            svc.stop()
+        self.started.clear()
+
+
+def resolve_services(cfg: settings_mod.Settings) -> Services:
+    """Use configured URLs; start embedded servers for those left unset."""
+    started = []
+    db = cfg.database.url
+    if not db:
+        svc = embedded.start_postgres(cfg.data_dir / "postgres")
+        started.append(svc)
+        db = svc.url
+    rd = cfg.redis.url
+    if not rd:
+        svc = embedded.start_redis(cfg.data_dir / "redis")
+        started.append(svc)
+        rd = svc.url
+    return Services(db, rd, started)
+
+
+def init_ray(cfg: settings_mod.Settings) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": {"PYTHONPATH": path}},
+    }
+    if cfg.ray.address:
+        kwargs["address"] = cfg.ray.address
+    elif cfg.ray.num_cpus is not None:
+        kwargs["num_cpus"] = cfg.ray.num_cpus
+    ray.init(**kwargs)
+
+
+class Stack:
+    """Coordinator, reconciler and agent pools against one Postgres, Redis and Ray."""
+
+    def __init__(self, cfg: settings_mod.Settings, services: Services, *, with_agents: bool = True) -> None:
+        self.cfg = cfg
+        self.services = services
+        self.with_agents = with_agents
+        self.store: pg_store.PostgresStore | None = None
+        self.queue: redis_streams.RedisQueue | None = None
+        self.manager: Any = None
+        self.coordinator: coordinating.Coordinator | None = None
+        self.reconciler: reconciling.Reconciler | None = None
+        self.submitter: submission.Submitter | None = None
+        self._stopping = asyncio.Event()
+        self._jobs: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        from agents import actor, pools as pooling  # Ray is imported only where agents run
+
+        cfg = self.cfg
+        await asyncio.to_thread(migrate.upgrade, self.services.database_url)
+        self.store = pg_store.PostgresStore.connect(self.services.database_url, pool_size=cfg.database.pool_size)
+        self.queue = redis_streams.RedisQueue.connect(self.services.redis_url)
+        await self.queue.ping()
+        pool_cfgs = pooling.load_dir(Path(cfg.agents.pool_config_dir))
+        c = cfg.coordinator
+        parts = tuple(c.owned_partitions or range(c.partitions))
+        bad = [p for p in parts if p >= c.partitions]
+        if bad:
+            raise errors.ConfigError(f"coordinator.owned_partitions {bad} are outside 0..{c.partitions - 1}")
+        await self.queue.ensure_groups(parts, list(pool_cfgs))
+        if self.with_agents:
+            await asyncio.to_thread(init_ray, cfg)
+            self.manager = actor.PoolManager(
+                pool_cfgs,
+                redis_url=self.services.redis_url,
+                partitions=c.partitions,
+                agent_defaults={
+                    "lease_s": cfg.agents.lease.total_seconds(),
+                    "max_deliveries": cfg.agents.max_deliveries,
+                    "max_result_bytes": cfg.agents.max_result_bytes,
+                    "max_log_line_bytes": cfg.agents.max_log_line_bytes,
+                    "max_log_lines": cfg.agents.max_log_lines,
+                },
+            )
+            await self.manager.start()
+            capacity = self.manager.capacity
+        else:
+            capacity = lambda pool: pool_cfgs[pool].capacity if pool in pool_cfgs else 0  # noqa: E731
+        self.coordinator = coordinating.Coordinator(
+            store=self.store,
+            queue=self.queue,
+            clock=coordinating.SystemClock(),
+            capacity=capacity,
+            options=coordinating.Options(
+                partitions=parts,
+                batch_size=c.batch_size,
+                block_s=c.block.total_seconds(),
+                prefetch=c.prefetch,
+                max_cached_runs=c.max_cached_runs,
+                machine=machine.Config(
+                    deadline_grace=c.deadline_grace.total_seconds(),
+                    cancel_grace=c.cancel_grace.total_seconds(),
+                ),
+            ),
+        )
+        self.reconciler = reconciling.Reconciler(
+            self.coordinator,
+            list(pool_cfgs),
+            reconciling.Options(
+                interval_s=c.reconcile_interval.total_seconds(),
+                redispatch_after_s=c.redispatch_after.total_seconds(),
+            ),
+        )
+        self.submitter = submission.Submitter(
+            self.store, self.queue, partitions=c.partitions, limits=cfg.limits, pools=frozenset(pool_cfgs)
+        )
+        await self.reconciler.sweep()  # adopt what a previous coordinator left behind
+        self._jobs = [
+            asyncio.create_task(self.coordinator.run_forever(), name="coordinator"),
+            asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
+        ]
+        log.info("stack.started", partitions=list(parts), pools=sorted(pool_cfgs))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        if self.manager is not None:
+            await self.manager.stop(drain_s=2.0)
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self.queue is not None:
+            await self.queue.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+class BackgroundStack:
+    """A Stack on its own event loop thread, with blocking helpers (for tests and the CLI)."""
+
+    def __init__(self, cfg: settings_mod.Settings, services: Services, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="flowforge-stack", daemon=True)
+        self.thread.start()
+        self.stack = Stack(cfg, services, **kwargs)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 120) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def start(self) -> BackgroundStack:
+        self.call(self.stack.start(), timeout=300)
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.call(self.stack.stop(), timeout=60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)

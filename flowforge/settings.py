@@ -1,0 +1,131 @@
+"""Typed settings: `./flowforge.yaml` (then `/etc/flowforge/flowforge.yaml`) overlaid by
+environment variables `FLOWFORGE_<GROUP>__<FIELD>`, e.g. `FLOWFORGE_DATABASE__URL`."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from flowforge.domain import spec
+
+CONFIG_PATHS = (Path("flowforge.yaml"), Path("/etc/flowforge/flowforge.yaml"))
+
+
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host:5432/db. "
+        "Unset: an embedded Postgres under `data_dir`.",
+    )
+    pool_size: int = Field(10, ge=1, description="Connections per process.")
+
+
+class RedisSettings(BaseModel):
+    url: str | None = Field(None, description="redis://host:port/db. Unset: an embedded redis-server.")
+
+
+class RaySettings(BaseModel):
+    address: str | None = Field(None, description="Ray cluster address. Unset: a local Ray.")
+    num_cpus: int | None = Field(None, description="CPUs of a local Ray (unset: all).")
+
+
+class CoordinatorSettings(BaseModel):
+    partitions: int = Field(1, ge=1, le=1024, description="Event partitions runs are hashed into.")
+    owned_partitions: list[int] | None = Field(
+        None, description="Partitions this coordinator serves (unset: all of them)."
+    )
+    batch_size: int = Field(1000, ge=1, le=10_000, description="Events handled per cycle.")
+    block: timedelta = Field(timedelta(milliseconds=500), description="Longest wait for events.")
+    reconcile_interval: timedelta = Field(
+        timedelta(seconds=10), description="How often the reconciler compares Redis with Postgres."
+    )
+    redispatch_after: timedelta = Field(
+        timedelta(seconds=15),
+        description="A dispatched attempt missing from its stream for this long is dispatched again.",
+    )
+    deadline_grace: timedelta = Field(
+        timedelta(seconds=30),
+        description="Past its timeout plus this, a silent attempt is failed by the coordinator.",
+    )
+    cancel_grace: timedelta = Field(
+        timedelta(seconds=10), description="How long a running attempt has to stop after a cancel."
+    )
+    prefetch: int = Field(
+        8, ge=0, description="Dispatch entries allowed in a pool stream beyond its free slots."
+    )
+    max_cached_runs: int = Field(10_000, ge=10, description="Active runs kept in memory.")
+
+
+class AgentSettings(BaseModel):
+    pool_config_dir: Path = Field(Path("pool-config"), description="Folder of pool YAML files.")
+    lease: timedelta = Field(
+        timedelta(seconds=30),
+        description="A dispatch entry idle this long (its agent died) is taken over by another agent.",
+    )
+    max_deliveries: int = Field(
+        3, ge=1, description="Deliveries before an entry moves to the dead-letter stream."
+    )
+    max_result_bytes: int = Field(1 << 20, ge=1024, description="Largest inline task result.")
+    max_log_line_bytes: int = Field(8192, ge=128)
+    max_log_lines: int = Field(10_000, ge=1, description="Captured output lines per attempt.")
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class LoggingSettings(BaseModel):
+    level: str = "info"
+    storage_driver: str = Field("postgres", pattern="^(postgres|clickhouse)$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLOWFORGE_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(Path(".flowforge"), description="Where embedded servers keep their data.")
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    limits: spec.Limits = Field(default_factory=spec.Limits)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        explicit = os.environ.get("FLOWFORGE_CONFIG")
+        paths = [Path(explicit)] if explicit else list(CONFIG_PATHS)
+        for path in paths:
+            if path.is_file():
+                data = yaml.safe_load(path.read_text()) or {}
+                if not isinstance(data, dict):
+                    raise ValueError(f"{path}: expected a mapping of settings groups")
+                return data
+        return {}
+
+
+def load(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,81 @@
+"""Task functions the end-to-end tests run on real agents."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from flowforge import sdk
+
+
+def noop() -> None:
+    return None
+
+
+def const(value):
+    return value
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+def numbers(n: int) -> list[int]:
+    return list(range(n))
+
+
+def flaky(succeed_on: int = 3) -> dict:
+    """Fails until attempt `succeed_on`, then returns the attempt number and when it ran."""
+    ctx = sdk.context()
+    if ctx.attempt < succeed_on:
+        raise RuntimeError(f"flaky failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+def boom() -> None:
+    raise ValueError("boom: this task always fails")
+
+
+def spin(seconds: float) -> str:
+    """Busy Python loop: stops when interrupted (timeout or cancel)."""
+    end = time.time() + seconds
+    while time.time() < end:
+        time.sleep(0.01)
+    return "finished"
+
+
+async def async_sleep(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def chatty(lines: int) -> int:
+    for i in range(lines):
+        print(f"line {i}")
+    return lines
+
+
+def not_json():
+    return {1, 2, 3}
+
+
+def huge(n: int) -> str:
+    return "x" * n
+
+
+def slow_once(marker: str, seconds: float) -> str:
+    """Sleeps on the first delivery (so its agent can be killed mid-task), fast afterwards."""
+    import os
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(seconds)
+    return "done"
