@@ -103,8 +103,12 @@ class PoolManager:
             await member.actor.serve.remote()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # RayActorError and friends: the process died
+        except Exception as exc:  # RayActorError (the process died) or the agent loop failed
             log.warning("pools.agent_died", pool=member.pool, index=member.index, error=str(exc)[:300])
+            try:
+                ray.kill(member.actor)  # in case the process lives on without a working loop
+            except Exception:
+                pass
         if self._stopping:
             return
         self.restarts += 1

@@ -100,9 +100,16 @@ class Agent:
             asyncio.create_task(self._listen_cancels(), name="cancels"),
         ]
         log.info("agent.started", agent=self.name, pool=self.config.pool, slots=self.config.slots)
+        stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
         try:
-            await self._stopping.wait()
+            done, _ = await asyncio.wait([stopping, *jobs], return_when=asyncio.FIRST_COMPLETED)
+            for job in done:
+                if job is not stopping:
+                    # A loop of the agent died: fail loudly so the pool manager replaces us.
+                    log.error("agent.loop_died", agent=self.name, loop=job.get_name(), error=repr(job.exception()))
+                    raise RuntimeError(f"agent loop {job.get_name()} died: {job.exception()!r}")
         finally:
+            stopping.cancel()
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
@@ -148,10 +155,10 @@ class Agent:
                     keys.AGENT_GROUP, self.name, {stream: ">"}, count=self.free, block=self.config.block_ms
                 )
             except rexc.ResponseError as exc:
-                if "NOGROUP" in str(exc):  # Redis lost the stream: recreate and carry on
-                    await self._ensure_group(partition)
-                    continue
-                raise
+                # NOGROUP / UNBLOCKED: Redis lost the stream (a flush, a failover). Recreate it.
+                log.warning("agent.stream_lost", agent=self.name, stream=stream, error=str(exc))
+                await self._ensure_group(partition)
+                continue
             except (rexc.ConnectionError, rexc.TimeoutError) as exc:
                 log.warning("agent.redis_unavailable", agent=self.name, error=str(exc))
                 await asyncio.sleep(1)

@@ -61,7 +61,7 @@ class Reference:
         if isinstance(key, bool) or not isinstance(key, (str, int)):
             raise TypeError(f"reference keys are str or int, not {type(key).__name__}")
         segment = str(key)
-        if not _SEGMENT.match(segment):
+        if isinstance(key, int) and key < 0 or not _SEGMENT.match(segment):
             raise ValueError(
                 f"{key!r} cannot be used in a reference: use keys of letters, digits, '_' "
                 "and '-', and list indexes >= 0"

@@ -57,8 +57,9 @@ class RedisQueue:
                 keys.COORDINATOR_GROUP, self.consumer, streams, count=count, block=block
             )
         except rexc.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
+            # NOGROUP, or UNBLOCKED while we waited: Redis lost the stream. Recreate it.
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                raise _translate(exc) from None
             for p in partitions:
                 await ensure_group(self.client, keys.events(p), keys.COORDINATOR_GROUP)
             return []
@@ -80,6 +81,10 @@ class RedisQueue:
         if len(out) < count:
             self._backlog_read |= seen_backlog
         return out
+
+    def reset(self) -> None:
+        """Re-read this consumer's unacknowledged events on the next read."""
+        self._backlog_read.clear()
 
     async def ack_events(self, deliveries: Sequence[ports.Delivery]) -> None:
         by_stream: dict[str, list[bytes]] = {}

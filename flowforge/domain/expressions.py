@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -272,6 +273,11 @@ def _keys(container: Mapping[Any, Any]) -> str:
     return ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "") if keys else "none"
 
 
+# Building an evaluator costs as much as a typical evaluation, so each thread keeps one;
+# evaluation is synchronous and never re-enters, so one per thread is safe.
+_local = threading.local()
+
+
 class _Evaluator(simpleeval.EvalWithCompoundTypes):
     """simpleeval with mapping-only attribute access and readable lookup errors."""
 
@@ -315,11 +321,17 @@ def evaluate(
     Any failure (bad syntax, missing key, wrong type) raises ExpressionError naming the condition.
     """
     text, body, _ = _compile(expr)
-    names = {"params": params, "tasks": tasks, **CONSTANTS}
-    evaluator = _Evaluator(operators=_OPERATORS, functions=dict(FUNCTIONS), names=names)
+    evaluator = getattr(_local, "evaluator", None)
+    if evaluator is None:
+        evaluator = _local.evaluator = _Evaluator(
+            operators=_OPERATORS, functions=dict(FUNCTIONS), names={}
+        )
+    evaluator.names = {"params": params, "tasks": tasks, **CONSTANTS}
     try:
         return bool(evaluator.eval(text, previously_parsed=body))
     except ExpressionError as exc:
         raise ExpressionError(f"cannot evaluate {text!r}: {exc}") from None
     except _EVAL_ERRORS as exc:
         raise ExpressionError(f"cannot evaluate {text!r}: {type(exc).__name__}: {exc}") from None
+    finally:
+        evaluator.names = {}  # do not keep a run's outputs alive between calls

@@ -443,7 +443,11 @@ class _Checker:
             try:
                 used = expressions.check(when)
             except expressions.ExpressionError as exc:
-                self.add(f"{at}.when", f"invalid condition: {exc}", _WHEN_HINT)
+                dashed = sorted(n for n in self.index if "-" in n and n in when)
+                hint = (  # `tasks.my-task` parses as a subtraction
+                    f"write a name with '-' as tasks[{dashed[0]!r}]" if dashed else _WHEN_HINT
+                )
+                self.add(f"{at}.when", f"invalid condition: {exc}", hint)
                 return
             for target in sorted(used):
                 what = f"condition reads tasks.{target}"

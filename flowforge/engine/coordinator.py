@@ -77,8 +77,20 @@ class Coordinator:
                 await self.cycle()
             except errors.TemporaryError as exc:
                 log.warning("coordinator.backend_unavailable", error=str(exc))
-                self._forget(set(self.runs))
-                await asyncio.sleep(exc.delay)
+                await self._reset(exc.delay)
+            except Exception:
+                # A bug must not stop the coordinator: drop what we hold (Postgres has the
+                # truth), re-read our unacknowledged events, and carry on.
+                log.exception("coordinator.cycle_failed")
+                await self._reset(1.0)
+
+    async def _reset(self, delay: float) -> None:
+        async with self.lock:
+            self._forget(set(self.runs))
+            reset = getattr(self.queue, "reset", None)
+            if reset is not None:
+                reset()
+        await asyncio.sleep(delay)
 
     # ---- one cycle -----------------------------------------------------------------------
 
