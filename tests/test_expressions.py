@@ -1,5 +1,6 @@
 """`when` conditions: the grammar `check` enforces and what `evaluate` returns or raises."""
 
+import keyword
 import operator
 
 import pytest
@@ -155,5 +156,7 @@ def test_check_either_accepts_or_raises_expression_error(text):
 
 @given(st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True), st.sampled_from(["output", "status"]))
 def test_check_reports_every_task_it_reads(name, field):
-    expr = f"tasks.{name}.{field} == tasks['other'].status"
+    expr = f"tasks['{name}'].{field} == tasks['other'].status"
     assert expressions.check(expr) == {name, "other"}
+    if not keyword.iskeyword(name):  # `tasks.in` is a syntax error: keywords need tasks['in']
+        assert expressions.check(f"tasks.{name}.{field} == tasks['other'].status") == {name, "other"}

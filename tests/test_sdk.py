@@ -285,7 +285,7 @@ def test_only_module_level_functions_can_be_tasks():
     with pytest.raises(TypeError, match="nested"):
         sdk.task(_Holder.method)
     with pytest.raises(TypeError, match="functions, not"):
-        sdk.task(print)
+        sdk.task(len)
     with pytest.raises(TypeError, match="retries is an int"):
         sdk.task(retries="3")(extract.__wrapped__)
 

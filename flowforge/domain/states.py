@@ -45,12 +45,14 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.QUEUED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED}),
     S.RETRYING: frozenset({S.QUEUED, S.CANCELLED, S.FAILED}),
-    # Terminal states leave only through an explicit run retry, which starts a new attempt.
+    # Terminal states leave only through an explicit run retry: a task goes back to PENDING
+    # (its next attempt is a new one), a mapped parent back to RUNNING while failed instances
+    # run again.
     S.SUCCEEDED: frozenset(),
-    S.FAILED: frozenset({S.QUEUED}),
+    S.FAILED: frozenset({S.PENDING, S.QUEUED, S.RUNNING}),
     S.SKIPPED: frozenset(),
     S.UPSTREAM_FAILED: frozenset({S.PENDING}),
-    S.CANCELLED: frozenset({S.PENDING, S.QUEUED}),
+    S.CANCELLED: frozenset({S.PENDING, S.QUEUED, S.RUNNING}),
 }
 # A mapped parent task goes PENDING -> RUNNING when it has created its instances, and ends
 # when they have all ended; that is why PENDING may go straight to RUNNING or SUCCEEDED.

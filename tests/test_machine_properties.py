@@ -1,0 +1,175 @@
+"""Property tests of the pure state machine: random DAGs, random outcomes, duplicated and
+stale events, cancellation and run retries always end in a terminal state that obeys the rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flowforge.domain import machine, model, spec
+from flowforge.domain.model import TIMER_RETRY
+from flowforge.domain.states import (
+    RUN_TERMINAL,
+    TASK_TERMINAL,
+    RunStatus,
+    TaskStatus,
+    run_transition_allowed,
+    task_transition_allowed,
+)
+
+S = TaskStatus
+
+
+@st.composite
+def dags(draw) -> spec.DagSpec:
+    n = draw(st.integers(1, 7))
+    tasks = []
+    for i in range(n):
+        depends = sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else []
+        ups = [f"t{j}" for j in depends]
+        task: dict = {"name": f"t{i}", "fn": "m:f", "depends": ups,
+                      "retries": {"limit": draw(st.integers(0, 2)), "base_seconds": 1, "jitter": 0.5}}
+        if ups and draw(st.booleans()):
+            task["when"] = f"tasks.{ups[0]}.output > {draw(st.integers(0, 9))}"
+        if draw(st.integers(0, 5)) == 0:
+            task["map"] = {"over": "{{ params.items }}", "max_items": 3}
+            task["args"] = ["{{ item }}"]
+        tasks.append(task)
+    return spec.DagSpec.model_validate({"name": "prop", "params": {"items": [1, 2]}, "tasks": tasks})
+
+
+@dataclass
+class World:
+    run: model.Run
+    now: float = 0.0
+    events: int = 0
+
+    def step(self, event: machine.Event) -> list[machine.Effect]:
+        before_run = self.run.status
+        before = dict(self.run.tasks)
+        effects = machine.advance(self.run, event, self.now)
+        self.events += 1
+        for fx in effects:
+            if isinstance(fx, machine.TaskChanged) and fx.before is not None:
+                old = before.get(fx.after.key, fx.before)
+                assert fx.before == old or fx.before.key == old.key
+                if fx.before.status != fx.after.status:
+                    assert task_transition_allowed(fx.before.status, fx.after.status), (fx.before, fx.after)
+                assert fx.after.attempt >= fx.before.attempt
+        if self.run.status != before_run:
+            assert run_transition_allowed(before_run, self.run.status), (before_run, self.run.status)
+        # The O(1) counters agree with a full count.
+        assert self.run.open_tasks == sum(1 for t in self.run.tasks.values() if t.status not in TASK_TERMINAL)
+        return effects
+
+
+def _active(run: model.Run) -> list[model.Task]:
+    return [t for t in run.tasks.values() if t.status in (S.QUEUED, S.RUNNING) and t.attempt > 0]
+
+
+def drive(world: World, data, *, allow_cancel: bool) -> None:
+    run = world.run
+    world.step(machine.Start())
+    history: list[machine.Event] = []
+    for _ in range(400):
+        if run.status in RUN_TERMINAL:
+            break
+        choices = []
+        for t in _active(run):
+            if t.status == S.QUEUED:
+                choices.append(machine.Started(t.key, t.attempt, "agent"))
+            ok = data.draw(st.booleans(), label=f"ok {t.key}#{t.attempt}")
+            choices.append(machine.Finished(t.key, t.attempt, ok=ok, output=data.draw(st.integers(0, 9)) if ok else None,
+                                            error=None if ok else "boom"))
+        for t in run.tasks.values():
+            if t.timer is not None:
+                choices.append(machine.TimerDue(t.key, t.attempt, t.timer))
+        if allow_cancel:
+            choices.append(machine.Cancel())
+        if history:
+            choices.append(data.draw(st.sampled_from(history), label="replay"))
+        assert choices, f"stuck: {[(t.key, t.status) for t in run.tasks.values()]}"
+        event = data.draw(st.sampled_from(choices), label="event")
+        if isinstance(event, machine.TimerDue):
+            world.now = max(world.now, next(t for t in run.tasks.values() if t.key == event.key).timer_at or 0)
+        world.now += 0.01
+        replayed = event in history
+        snapshot = {k: t for k, t in run.tasks.items()}
+        effects = world.step(event)
+        if replayed and isinstance(event, (machine.Finished, machine.Started)):
+            assert effects == [] and run.tasks == snapshot, "a duplicate event changed the run"
+        history.append(event)
+    assert run.status in RUN_TERMINAL, f"run did not end: {run.status} {[(t.key, t.status) for t in run.tasks.values()]}"
+
+
+def check_rules(run: model.Run) -> None:
+    dag = run.dag
+    for name, tspec in dag.tasks.items():
+        t = run.tasks[name]
+        assert t.status in TASK_TERMINAL
+        ups = [run.tasks[u] for u in dag.graph.upstream[name]]
+        if t.status == S.SUCCEEDED:
+            assert all(u.status == S.SUCCEEDED for u in ups)
+            if tspec.when:
+                u = run.tasks[dag.graph.upstream[name][0]]
+                assert u.output > int(tspec.when.rsplit(" ", 1)[1])
+        if t.status == S.UPSTREAM_FAILED:
+            assert any(u.status in (S.FAILED, S.UPSTREAM_FAILED, S.CANCELLED) for u in ups)
+        if t.status == S.SKIPPED:
+            assert tspec.when or any(u.status == S.SKIPPED for u in ups)
+        if tspec.map is None:
+            assert t.attempt <= tspec.retries.limit + 1
+        else:
+            for inst in run.instances(name):
+                assert inst.attempt <= tspec.retries.limit + 1
+    statuses = {t.status for t in run.tasks.values()}
+    if run.cancel_requested:
+        assert run.status == RunStatus.CANCELLED
+    elif statuses & {S.FAILED, S.UPSTREAM_FAILED}:
+        assert run.status == RunStatus.FAILED
+    else:
+        assert run.status == RunStatus.SUCCEEDED
+        assert statuses <= {S.SUCCEEDED, S.SKIPPED}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag=dags(), data=st.data())
+def test_random_dags_and_outcomes_reach_a_lawful_terminal_state(dag, data):
+    world = World(model.Run.new("r1", "t", model.compile_dag(dag), {"items": [1, 2]}))
+    drive(world, data, allow_cancel=data.draw(st.booleans(), label="may cancel"))
+    check_rules(world.run)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag=dags(), data=st.data())
+def test_retrying_a_finished_run_reaches_a_lawful_terminal_state_again(dag, data):
+    world = World(model.Run.new("r1", "t", model.compile_dag(dag), {"items": [1, 2]}))
+    drive(world, data, allow_cancel=False)
+    first = {k: t.attempt for k, t in world.run.tasks.items()}
+    if world.run.status == RunStatus.SUCCEEDED:
+        assert world.step(machine.Retry()) == []  # nothing to retry
+        return
+    world.step(machine.Retry())
+    assert world.run.status == RunStatus.RUNNING or world.run.status in RUN_TERMINAL
+    drive_after = world.run.status not in RUN_TERMINAL
+    if drive_after:
+        drive(world, data, allow_cancel=False)
+    for key, n in first.items():
+        assert world.run.tasks[key].attempt >= n  # history kept: attempts only grow
+
+
+def test_retry_backoff_timer_then_new_attempt():
+    dag = spec.DagSpec.model_validate({"name": "d", "tasks": [
+        {"name": "a", "fn": "m:f", "retries": {"limit": 1, "base_seconds": 2, "jitter": 0}}]})
+    run = model.Run.new("r", "t", model.compile_dag(dag), {})
+    machine.advance(run, machine.Start(), 0.0)
+    fx = machine.advance(run, machine.Finished("a", 1, ok=False, error="x"), 1.0)
+    timer = next(f for f in fx if isinstance(f, machine.ArmTimer))
+    assert (timer.kind, timer.at) == (TIMER_RETRY, 3.0)
+    assert run.tasks["a"].status == S.RETRYING
+    assert machine.advance(run, machine.TimerDue("a", 0, TIMER_RETRY), 3.0) == []  # stale attempt
+    fx = machine.advance(run, machine.TimerDue("a", 1, TIMER_RETRY), 3.0)
+    assert run.tasks["a"].status == S.QUEUED and run.tasks["a"].attempt == 2
+    assert any(isinstance(f, machine.Enqueue) for f in fx)
