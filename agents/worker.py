@@ -49,6 +49,9 @@ class AgentConfig:
     max_log_line_bytes: int = 8192
     max_log_lines: int = 10_000
     block_ms: int = 1000
+    # An attempt announces it started only if it is still running after this long; quicker
+    # ones report start and end in their result, saving the coordinator a write per task.
+    started_delay_s: float = 0.05
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
@@ -196,8 +199,11 @@ class Agent:
             if a.ident in self._cancelled:
                 event.update(ok=False, reason=wire.FAIL_CANCELLED, error="cancelled before it started")
                 return
-            self._outbox.put_nowait((a.partition, None, wire.pack(wire.ATTEMPT_STARTED, **{
-                k: event[k] for k in ("tenant", "run", "task", "attempt", "agent")}, at=started_at)))
+            started = wire.pack(wire.ATTEMPT_STARTED, **{
+                k: event[k] for k in ("tenant", "run", "task", "attempt", "agent")}, at=started_at)
+            announce = asyncio.get_running_loop().call_later(
+                self.config.started_delay_s, self._outbox.put_nowait, (a.partition, None, started)
+            )
             cap = capture.Capture(
                 max_line_bytes=self.config.max_log_line_bytes, max_lines=self.config.max_log_lines
             )
@@ -219,6 +225,7 @@ class Agent:
             except Exception:
                 event.update(ok=False, reason=wire.FAIL_ERROR, error=traceback.format_exc()[-_MAX_ERROR:])
             event["logs"] = cap.finish()
+            announce.cancel()
         finally:
             event["finished_at"] = time.time()
             self._outbox.put_nowait((a.partition, a.entry_id, _pack_result(event)))
@@ -230,7 +237,7 @@ class Agent:
         timeout = env.get("timeout")
         ctx = sdk.TaskContext(
             run_id=env["run"], task=env["task"], attempt=env["attempt"], tenant=env.get("tenant") or "",
-            params=env.get("params") or {}, map_index=env.get("map_index"), cancelled=threading.Event(),
+            map_index=env.get("map_index"), cancelled=threading.Event(),
         )
         a.ctx = ctx  # type: ignore[attr-defined]
         sdk._set_context(ctx)

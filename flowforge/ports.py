@@ -115,6 +115,15 @@ class WorkQueue(Protocol):
 
     async def stop_attempts(self, attempts: Sequence[tuple[str, str, int]]) -> None: ...
 
+    async def commit(
+        self,
+        dispatches: Sequence[tuple[int, str, bytes]],
+        stops: Sequence[tuple[str, str, int]],
+        deliveries: Sequence[Delivery],
+    ) -> None:
+        """Dispatch, signal stops and acknowledge events, in one round trip."""
+        ...
+
     async def attempts_in_stream(self, partition: int, pool: str) -> set[tuple[str, str, int]]: ...
 
     async def check_epoch(self) -> bool:

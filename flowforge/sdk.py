@@ -417,13 +417,13 @@ def _importable(fn_path: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class TaskContext:
-    """What task code may know about the attempt running it."""
+    """What task code may know about the attempt running it. Run parameters are not here on
+    purpose: pass what a task needs as its `args`, so the envelope stays small."""
 
     run_id: str
     task: str
     attempt: int
     tenant: str
-    params: dict[str, Any]
     map_index: int | None
     cancelled: threading.Event
 

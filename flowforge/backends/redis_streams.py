@@ -122,6 +122,31 @@ class RedisQueue:
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise _translate(exc) from None
 
+    async def commit(
+        self,
+        dispatches: Sequence[tuple[int, str, bytes]],
+        stops: Sequence[tuple[str, str, int]],
+        deliveries: Sequence[ports.Delivery],
+    ) -> None:
+        """A cycle's Redis side in one round trip: dispatch entries, stop signals, then the
+        acknowledgement of the events that caused them (last, so a crash re-reads them)."""
+        by_stream: dict[str, list[bytes]] = {}
+        for d in deliveries:
+            by_stream.setdefault(d.stream, []).append(d.entry_id)
+        if not (dispatches or stops or by_stream):
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for partition, pool, payload in dispatches:
+                    pipe.xadd(keys.pool_stream(partition, pool), {keys.ENTRY_FIELD: payload})
+                if stops:
+                    pipe.publish(keys.CANCEL_CHANNEL, msgpack.packb([list(a) for a in stops], use_bin_type=True))
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, keys.COORDINATOR_GROUP, *ids)
+                await pipe.execute()
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+
     async def stop_attempts(self, attempts: Sequence[tuple[str, str, int]]) -> None:
         if not attempts:
             return

@@ -160,11 +160,9 @@ class Coordinator:
             self._forget(cyc.touched)
         else:
             return  # leave the events unacknowledged; they are read again
-        await self.queue.dispatch(dispatches)
-        await self.queue.stop_attempts(cyc.stops)
         for t in cyc.timers:
             self.timers.arm(t)
-        await self.queue.ack_events(deliveries)
+        await self.queue.commit(dispatches, cyc.stops, deliveries)
         ended = {r for r, _ in events if (e := self.runs.get(r)) is not None and e[0].status in RUN_TERMINAL}
         self._forget(ended)
 
@@ -299,7 +297,6 @@ def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, 
         "args": fx.args,
         "timeout": fx.timeout,
         "map_index": task.map_index,
-        "params": run.params,
         "queued_at": now,
     }
     return scheduling.Ready(run.run_id, partition, run.tenant, task.key, task.attempt, fx.pool, envelope)

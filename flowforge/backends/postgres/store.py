@@ -22,62 +22,76 @@ _TASK_COLS = (
     "error text, timer text, timer_at float8, instances int, queued_at float8, started_at float8, "
     "finished_at float8"
 )
-_UPDATE_TASKS = sa.text(f"""
-UPDATE tasks AS t SET status = u.status, attempt = u.attempt, output = u.output, error = u.error,
-  timer = u.timer, timer_at = to_timestamp(u.timer_at), instances = u.instances,
+_TASK_SET = """
+  status = u.status, attempt = u.attempt, output = u.output, error = u.error, timer = u.timer,
+  timer_at = to_timestamp(u.timer_at), instances = u.instances,
   queued_at = to_timestamp(u.queued_at), started_at = to_timestamp(u.started_at),
-  finished_at = to_timestamp(u.finished_at)
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u({_TASK_COLS})
-WHERE t.run_id = u.run_id AND t.key = u.key AND t.status = u.before_status
-  AND t.attempt = u.before_attempt
-RETURNING t.run_id::text
-""")
-_INSERT_TASKS = sa.text(f"""
+  finished_at = to_timestamp(u.finished_at)"""
+_INSERT_TASKS_SQL = f"""
 INSERT INTO tasks (run_id, key, tenant_id, name, map_index, status, attempt, executor, pool, output,
   error, timer, timer_at, instances, queued_at, started_at, finished_at)
 SELECT u.run_id, u.key, u.tenant_id, u.name, u.map_index, u.status, u.attempt, u.executor, u.pool,
   u.output, u.error, u.timer, to_timestamp(u.timer_at), u.instances, to_timestamp(u.queued_at),
   to_timestamp(u.started_at), to_timestamp(u.finished_at)
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u({_TASK_COLS})
+FROM jsonb_to_recordset(CAST(:new_tasks AS jsonb)) AS u({_TASK_COLS})
 ON CONFLICT (run_id, key) DO NOTHING
-RETURNING run_id::text
-""")
-_UPSERT_ATTEMPTS = sa.text("""
-INSERT INTO attempts (run_id, task_key, number, tenant_id, status, pool, agent, reason, error, logs,
-  queued_at, dispatched_at, started_at, finished_at)
-SELECT u.run_id, u.key, u.number, u.tenant, u.status, u.pool, u.agent, u.reason, u.error, u.logs,
-  to_timestamp(u.queued_at), to_timestamp(u.dispatched_at), to_timestamp(u.started_at),
-  to_timestamp(u.finished_at)
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(run_id uuid, key text, number int, tenant text,
-  status text, pool text, agent text, reason text, error text, logs jsonb, queued_at float8,
-  dispatched_at float8, started_at float8, finished_at float8)
-ON CONFLICT (run_id, task_key, number) DO UPDATE SET
-  status = EXCLUDED.status,
-  pool = COALESCE(EXCLUDED.pool, attempts.pool),
-  agent = COALESCE(EXCLUDED.agent, attempts.agent),
-  reason = COALESCE(EXCLUDED.reason, attempts.reason),
-  error = COALESCE(EXCLUDED.error, attempts.error),
-  logs = COALESCE(EXCLUDED.logs, attempts.logs),
-  queued_at = COALESCE(EXCLUDED.queued_at, attempts.queued_at),
-  dispatched_at = COALESCE(EXCLUDED.dispatched_at, attempts.dispatched_at),
-  started_at = COALESCE(EXCLUDED.started_at, attempts.started_at),
-  finished_at = COALESCE(EXCLUDED.finished_at, attempts.finished_at)
-""")
-_MARK_DISPATCHED = sa.text("""
-UPDATE attempts AS a SET dispatched_at = to_timestamp(u.at)
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(run_id uuid, key text, number int, at float8)
-WHERE a.run_id = u.run_id AND a.task_key = u.key AND a.number = u.number
-""")
-_UPDATE_RUNS = sa.text("""
-UPDATE runs AS r SET status = u.status, error = u.error, cancel_requested = u.cancel_requested,
-  started_at = CASE WHEN u.status = 'running' THEN COALESCE(r.started_at, to_timestamp(u.at))
-                    ELSE r.started_at END,
-  finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN to_timestamp(u.at)
-                     ELSE NULL END
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(run_id uuid, before_status text, status text,
-  error text, cancel_requested bool, at float8)
-WHERE r.id = u.run_id AND r.status = u.before_status
-RETURNING r.id::text
+RETURNING run_id"""
+_INSERT_TASKS = sa.text(_INSERT_TASKS_SQL)
+# One cycle's writes as ONE statement (one round trip, atomic in autocommit): every task and
+# run update is a compare-and-set; if any of them misses, the final division by zero aborts
+# the whole statement, so nothing of the cycle is written. Sub-statements touch disjoint rows.
+_APPLY = sa.text(f"""
+WITH
+upd AS (
+  UPDATE tasks AS t SET {_TASK_SET}
+  FROM jsonb_to_recordset(CAST(:tasks AS jsonb)) AS u({_TASK_COLS})
+  WHERE t.run_id = u.run_id AND t.key = u.key AND t.status = u.before_status
+    AND t.attempt = u.before_attempt
+  RETURNING 1
+),
+ins AS ({_INSERT_TASKS_SQL}),
+run AS (
+  UPDATE runs AS r SET status = u.status, error = u.error, cancel_requested = u.cancel_requested,
+    started_at = CASE WHEN u.status = 'running' THEN COALESCE(r.started_at, to_timestamp(u.at))
+                      ELSE r.started_at END,
+    finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN to_timestamp(u.at)
+                       ELSE NULL END
+  FROM jsonb_to_recordset(CAST(:runs AS jsonb)) AS u(run_id uuid, before_status text, status text,
+    error text, cancel_requested bool, at float8)
+  WHERE r.id = u.run_id AND r.status = u.before_status
+  RETURNING 1
+),
+att AS (
+  INSERT INTO attempts (run_id, task_key, number, tenant_id, status, pool, agent, reason, error,
+    logs, queued_at, dispatched_at, started_at, finished_at)
+  SELECT u.run_id, u.key, u.number, u.tenant, u.status, u.pool, u.agent, u.reason, u.error, u.logs,
+    to_timestamp(u.queued_at), to_timestamp(u.dispatched_at), to_timestamp(u.started_at),
+    to_timestamp(u.finished_at)
+  FROM jsonb_to_recordset(CAST(:attempts AS jsonb)) AS u(run_id uuid, key text, number int,
+    tenant text, status text, pool text, agent text, reason text, error text, logs jsonb,
+    queued_at float8, dispatched_at float8, started_at float8, finished_at float8)
+  ON CONFLICT (run_id, task_key, number) DO UPDATE SET
+    status = EXCLUDED.status,
+    pool = COALESCE(EXCLUDED.pool, attempts.pool),
+    agent = COALESCE(EXCLUDED.agent, attempts.agent),
+    reason = COALESCE(EXCLUDED.reason, attempts.reason),
+    error = COALESCE(EXCLUDED.error, attempts.error),
+    logs = COALESCE(EXCLUDED.logs, attempts.logs),
+    queued_at = COALESCE(EXCLUDED.queued_at, attempts.queued_at),
+    dispatched_at = COALESCE(EXCLUDED.dispatched_at, attempts.dispatched_at),
+    started_at = COALESCE(EXCLUDED.started_at, attempts.started_at),
+    finished_at = COALESCE(EXCLUDED.finished_at, attempts.finished_at)
+  RETURNING 1
+),
+dis AS (
+  UPDATE attempts AS a SET dispatched_at = to_timestamp(u.at)
+  FROM jsonb_to_recordset(CAST(:dispatched AS jsonb)) AS u(run_id uuid, key text, number int, at float8)
+  WHERE a.run_id = u.run_id AND a.task_key = u.key AND a.number = u.number
+  RETURNING 1
+)
+SELECT 1 / (((SELECT count(*) FROM upd) = :n_tasks AND (SELECT count(*) FROM ins) = :n_new
+             AND (SELECT count(*) FROM run) = :n_runs)::int
+            + 0 * (SELECT count(*) FROM att) + 0 * (SELECT count(*) FROM dis))
 """)
 _LOAD_RUNS = sa.text("""
 SELECT r.id::text, r.tenant_id, r.dag_id::text, r.status, r.params, r.cancel_requested, r.error,
@@ -109,6 +123,7 @@ class PostgresStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._dags: dict[str, model.CompiledDag] = {}
+        self._hot: Any = None
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 10) -> PostgresStore:
@@ -118,11 +133,14 @@ class PostgresStore:
         return cls(engine)
 
     async def close(self) -> None:
+        await self._drop_hot_connection()
         await self.engine.dispose()
 
     # ---- the coordinator's hot path ------------------------------------------------------
 
     async def apply(self, batch: ports.WriteBatch) -> set[str]:
+        if not batch:
+            return set()
         updates, inserts = [], []
         for w in batch.tasks.values():
             t = w.task
@@ -153,29 +171,63 @@ class PostgresStore:
             for r in batch.runs.values()
         ]
         dispatched = [{"run_id": r, "key": k, "number": n, "at": at} for r, k, n, at in batch.dispatched]
+        params = {
+            "tasks": _dumps(updates), "new_tasks": _dumps(inserts), "runs": _dumps(runs),
+            "attempts": _dumps(attempts), "dispatched": _dumps(dispatched),
+            "n_tasks": len(updates), "n_new": len(inserts), "n_runs": len(runs),
+        }
         try:
-            async with self.engine.begin() as conn:
-                missed: set[str] = set()
-                if updates:
-                    hit = (await conn.execute(_UPDATE_TASKS, {"rows": _dumps(updates)})).scalars().all()
-                    missed |= _missed(updates, hit)
-                if inserts:
-                    hit = (await conn.execute(_INSERT_TASKS, {"rows": _dumps(inserts)})).scalars().all()
-                    missed |= _missed(inserts, hit)
-                if runs:
-                    hit = (await conn.execute(_UPDATE_RUNS, {"rows": _dumps(runs)})).scalars().all()
-                    missed |= _missed(runs, hit)
-                if missed:
-                    raise _Missed(missed)
-                if attempts:
-                    await conn.execute(_UPSERT_ATTEMPTS, {"rows": _dumps(attempts)})
-                if dispatched:
-                    await conn.execute(_MARK_DISPATCHED, {"rows": _dumps(dispatched)})
-        except _Missed as m:
-            return m.runs
+            conn = await self._hot_connection()
+            await conn.execute(_APPLY, params)
+        except sa.exc.DataError as exc:
+            if "division by zero" not in str(exc.orig):
+                raise
+            return await self._missed_runs(updates, inserts, runs)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            await self._drop_hot_connection()
             raise errors.TemporaryError(f"postgres: {exc.orig or exc}") from None
         return set()
+
+    async def _hot_connection(self) -> Any:
+        """One autocommit connection kept for the coordinator's writes: no pool checkout, no
+        BEGIN/COMMIT round trips (each write is one atomic statement)."""
+        if self._hot is None or self._hot.closed or self._hot.invalidated:
+            conn = await self.engine.connect()
+            self._hot = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return self._hot
+
+    async def _drop_hot_connection(self) -> None:
+        if self._hot is not None:
+            try:
+                await self._hot.close()
+            except Exception:
+                pass
+            self._hot = None
+
+    async def _missed_runs(self, updates: list[dict[str, Any]], inserts: list[dict[str, Any]],
+                           runs: list[dict[str, Any]]) -> set[str]:
+        """After an aborted write: which runs' rows were not where the batch expected them."""
+        missed: set[str] = set()
+        async with self.engine.connect() as conn:
+            if updates or inserts:
+                ids = sorted({str(r["run_id"]) for r in updates + inserts})
+                rows = await conn.execute(
+                    sa.text("SELECT run_id::text, key, status, attempt FROM tasks "
+                            "WHERE run_id = ANY(CAST(:ids AS uuid[]))"), {"ids": ids})
+                now = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+                for u in updates:
+                    if now.get((u["run_id"], u["key"])) != (u["before_status"], u["before_attempt"]):
+                        missed.add(u["run_id"])
+                for i in inserts:
+                    if (i["run_id"], i["key"]) in now:
+                        missed.add(i["run_id"])
+            if runs:
+                rows = await conn.execute(
+                    sa.text("SELECT id::text, status FROM runs WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                    {"ids": [r["run_id"] for r in runs]})
+                now_runs = dict(rows.all())
+                missed |= {r["run_id"] for r in runs if now_runs.get(r["run_id"]) != r["before_status"]}
+        return missed or {str(r["run_id"]) for r in updates + inserts + runs}
 
     async def load_runs(self, run_ids: Sequence[str]) -> dict[str, ports.LoadedRun]:
         if not run_ids:
@@ -317,7 +369,7 @@ class PostgresStore:
                 {"id": run_id, "t": tenant, "p": project, "d": dag_id, "n": dag.name, "v": version,
                  "part": partition, "params": json.dumps(params)},
             )
-            await conn.execute(_INSERT_TASKS, {"rows": _dumps(tasks)})
+            await conn.execute(_INSERT_TASKS, {"new_tasks": _dumps(tasks)})
             return (
                 await conn.execute(
                     sa.text(
@@ -389,19 +441,3 @@ class PostgresStore:
         return out
 
 
-class _Missed(Exception):
-    """A compare-and-set missed: raised inside the transaction so it rolls back."""
-
-    def __init__(self, runs: set[str]) -> None:
-        self.runs = runs
-
-
-def _missed(rows: list[dict[str, Any]], hit: Sequence[str]) -> set[str]:
-    if len(hit) == len(rows):
-        return set()
-    expected: dict[str, int] = {}
-    for r in rows:
-        expected[str(r["run_id"])] = expected.get(str(r["run_id"]), 0) + 1
-    for run_id in hit:
-        expected[run_id] -= 1
-    return {run_id for run_id, n in expected.items() if n}
