@@ -57,10 +57,9 @@ class WriteBatch:
     tasks: dict[tuple[str, str], TaskWrite] = field(default_factory=dict)
     attempts: dict[tuple[str, str, int], AttemptWrite] = field(default_factory=dict)
     runs: dict[str, RunWrite] = field(default_factory=dict)
-    dispatched: list[tuple[str, str, int, float]] = field(default_factory=list)  # (run, key, n, at)
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.attempts or self.runs or self.dispatched)
+        return bool(self.tasks or self.attempts or self.runs)
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,10 @@ class CoordinatorSettings(BaseModel):
     cancel_grace: timedelta = Field(
         timedelta(seconds=10), description="How long a running attempt has to stop after a cancel."
     )
-    prefetch: int = Field(
-        8, ge=0, description="Dispatch entries allowed in a pool stream beyond its free slots."
+    prefetch: float = Field(
+        1.0, ge=0, le=10,
+        description="Dispatch entries allowed in flight beyond a pool's slots, as a multiple of "
+        "its slots: agents stay busy while the coordinator writes, and streams stay shallow.",
     )
     max_cached_runs: int = Field(10_000, ge=10, description="Active runs kept in memory.")
 

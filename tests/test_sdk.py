@@ -296,7 +296,6 @@ def _ctx(event):
         task="load",
         attempt=2,
         tenant="acme",
-        params={"day": "x"},
         map_index=None,
         cancelled=event,
     )

@@ -72,6 +72,7 @@ def setup() -> None:
         redis={"url": redis_url},
         ray={"num_cpus": 2},
         agents={"pool_config_dir": pools},
+        coordinator={"prefetch": float(os.environ.get("BENCH_FF_PREFETCH", "1.0"))},
     )
     os.chdir(ROOT)
     bg = BackgroundStack(cfg, Services(db_url, redis_url, started)).start()
@@ -144,7 +145,12 @@ def fanout10k(n: int = 10_000) -> dict[str, float]:
         {"name": "work", "fn": "bench.systems.ff_tasks:noop", "args": ["{{ item }}"],
          "map": {"over": "{{ params.items }}", "max_items": 10_000}}]}
     _run(dag, {"items": list(range(500))})  # warm-up
+    coord = _state["bg"].stack.coordinator
+    before = dict(coord.timing), coord.cycles
     _, elapsed = _run(dag, {"items": list(range(n))})
+    if os.environ.get("BENCH_FF_VERBOSE"):
+        spent = {k: round(coord.timing[k] - before[0][k], 3) for k in coord.timing}
+        print(f"  flowforge coordinator: {coord.cycles - before[1]} cycles, {spent}", flush=True)
     return {"tasks_per_s": n / elapsed}
 
 

@@ -28,7 +28,7 @@ class Options:
     partitions: tuple[int, ...]
     batch_size: int = 1000
     block_s: float = 0.5
-    prefetch: int = 8
+    prefetch: float = 1.0  # in-flight beyond a pool's slots, as a multiple of its slots
     max_cached_runs: int = 10_000
     machine: machine.Config = machine.Config()
 
@@ -65,6 +65,8 @@ class Coordinator:
         # The reconciler runs beside the event loop; both change the held runs only under this.
         self.lock = asyncio.Lock()
         self.cycles = 0
+        # Seconds spent per phase and events handled, for metrics and benchmarks.
+        self.timing: dict[str, float] = {"read": 0.0, "decide": 0.0, "write": 0.0, "publish": 0.0, "events": 0}
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -100,9 +102,12 @@ class Coordinator:
         nxt = self.timers.next_at()
         if nxt is not None:
             wait = max(0.0, min(wait, nxt - self.clock.now()))
+        t0 = time.perf_counter()
         deliveries = await self.queue.read_events(
             self.options.partitions, self.options.batch_size, max(1, int(wait * 1000))
         )
+        self.timing["read"] += time.perf_counter() - t0
+        self.timing["events"] += len(deliveries)
         now = self.clock.now()
         due = self.timers.due(now, self.options.batch_size)
         if not deliveries and not due:
@@ -144,6 +149,7 @@ class Coordinator:
         now: float,
     ) -> None:
         for attempt in range(2):
+            t0 = time.perf_counter()
             await self._load([run_id for run_id, _ in events if run_id not in self.runs])
             cyc = _Cycle(now)
             for run_id, ev in events:
@@ -151,7 +157,11 @@ class Coordinator:
                 if entry is not None:
                     self._apply(entry[0], entry[1], ev, cyc)
             dispatches = self._schedule(cyc)
+            t1 = time.perf_counter()
+            self.timing["decide"] += t1 - t0
             missed = await self.store.apply(cyc.batch)
+            t2 = time.perf_counter()
+            self.timing["write"] += t2 - t1
             if not missed:
                 break
             # Another writer moved these runs on: drop our copies of everything this cycle
@@ -163,6 +173,7 @@ class Coordinator:
         for t in cyc.timers:
             self.timers.arm(t)
         await self.queue.commit(dispatches, cyc.stops, deliveries)
+        self.timing["publish"] += time.perf_counter() - t2
         ended = {r for r, _ in events if (e := self.runs.get(r)) is not None and e[0].status in RUN_TERMINAL}
         self._forget(ended)
 
@@ -204,6 +215,8 @@ class Coordinator:
                         after.status not in TASK_ACTIVE or after.attempt != before.attempt
                     ):
                         self.scheduler.done(run.run_id, after.key)
+                case machine.AttemptChanged(status="queued"):
+                    pass  # the attempt row is written when the attempt is dispatched
                 case machine.AttemptChanged():
                     _merge_attempt(b, run, fx)
                 case machine.Enqueue(task=task):
@@ -214,7 +227,7 @@ class Coordinator:
                     cyc.timers.append(timers.Timer(at, run.run_id, key, n, kind))
                 case machine.RunChanged():
                     pass
-        if effects or run.cancel_requested != before_cancel:
+        if run.status != before_status or run.cancel_requested != before_cancel:
             prior = b.runs.get(run.run_id)
             b.runs[run.run_id] = ports.RunWrite(
                 run.run_id, prior.before if prior else before_status, run.status,
@@ -231,15 +244,16 @@ class Coordinator:
             task = entry[0].tasks.get(item.key)
             return task is not None and task.attempt == item.attempt and task.status in TASK_ACTIVE
 
-        for item in self.scheduler.take(wanted):
+        for item in self.scheduler.take(wanted, cyc.now):
             cyc.touched.add(item.run_id)
             env = dict(item.envelope, dispatched_at=cyc.now)
             out.append((item.partition, item.pool, wire.pack(wire.DISPATCH, **env)))
-            write = cyc.batch.attempts.get((item.run_id, item.key, item.attempt))
-            if write is not None:
-                write.dispatched_at = cyc.now
-            else:
-                cyc.batch.dispatched.append((item.run_id, item.key, item.attempt, cyc.now))
+            # An attempt's row appears when it is handed to its pool; until then the task row
+            # (queued, attempt n) is the whole story, and a reload re-queues it.
+            cyc.batch.attempts[(item.run_id, item.key, item.attempt)] = ports.AttemptWrite(
+                item.run_id, item.tenant, item.key, item.attempt, "queued", pool=item.pool,
+                queued_at=item.envelope["queued_at"], dispatched_at=cyc.now,
+            )
         return out
 
     # ---- the run cache -------------------------------------------------------------------
@@ -273,7 +287,9 @@ class Coordinator:
                 fx = machine.Enqueue(task, tspec.pool, tspec.fn, args, tspec.timeout_seconds)
                 self.scheduler.offer(ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now()))
             elif task.key in lr.dispatched_at:
-                self.scheduler.mark_inflight(run.run_id, task.key, run.dag.tasks[task.name].pool)
+                self.scheduler.mark_inflight(
+                    run.run_id, task.key, run.dag.tasks[task.name].pool, lr.dispatched_at[task.key]
+                )
 
     def _forget(self, run_ids: set[str]) -> None:
         for run_id in run_ids:

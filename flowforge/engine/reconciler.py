@@ -63,9 +63,9 @@ class Reconciler:
             await c.queue.ensure_groups(parts, self.pools)
         await self._relay_outbox()
         await self._adopt_orphans(parts)
-        await self._redispatch_lost(parts, immediately=not kept)
         for p in parts:
             await c.queue.trim(p, self.pools)
+        await self._redispatch_lost(parts, immediately=not kept)
         self.sweeps += 1
 
     async def _relay_outbox(self) -> None:
@@ -96,6 +96,10 @@ class Reconciler:
     async def _redispatch_locked(self, parts: Sequence[int], *, immediately: bool) -> None:
         c = self.coord
         now = c.clock.now()
+        oldest = c.scheduler.oldest_inflight()
+        if oldest is None or (not immediately and now - oldest < self.options.redispatch_after_s):
+            self._missing_since.clear()
+            return  # nothing has been in flight long enough to be suspect
         present: set[tuple[str, str, int]] = set()
         for p in parts:
             for pool in self.pools:

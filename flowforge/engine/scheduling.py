@@ -4,6 +4,7 @@ share across tenants builds on this) instead of becoming the stream's FIFO."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,20 +23,22 @@ class Ready:
 
 
 class Scheduler:
-    def __init__(self, capacity: Callable[[str], int], prefetch: int) -> None:
+    def __init__(self, capacity: Callable[[str], int], prefetch: float) -> None:
         self._capacity = capacity
         self._prefetch = prefetch
         self._ready: dict[str, deque[Ready]] = {}
         self._inflight: dict[tuple[str, str], str] = {}  # (run, key) -> pool
+        self._since: dict[tuple[str, str], float] = {}  # (run, key) -> when it went in flight
         self._busy: dict[str, int] = {}
 
     def offer(self, item: Ready) -> None:
         self._ready.setdefault(item.pool, deque()).append(item)
 
     def free(self, pool: str) -> int:
-        return self._capacity(pool) + self._prefetch - self._busy.get(pool, 0)
+        slots = self._capacity(pool)
+        return slots + math.ceil(slots * self._prefetch) - self._busy.get(pool, 0)
 
-    def take(self, still_wanted: Callable[[Ready], bool]) -> Iterator[Ready]:
+    def take(self, still_wanted: Callable[[Ready], bool], now: float = 0.0) -> Iterator[Ready]:
         """Yield the ready attempts to dispatch now, marking them in flight."""
         for pool, queue in self._ready.items():
             free = self.free(pool)
@@ -43,16 +46,21 @@ class Scheduler:
                 item = queue.popleft()
                 if not still_wanted(item):
                     continue
-                self.mark_inflight(item.run_id, item.key, pool)
+                self.mark_inflight(item.run_id, item.key, pool, now)
                 free -= 1
                 yield item
 
-    def mark_inflight(self, run_id: str, key: str, pool: str) -> None:
+    def mark_inflight(self, run_id: str, key: str, pool: str, since: float = 0.0) -> None:
         if (run_id, key) not in self._inflight:
             self._inflight[(run_id, key)] = pool
+            self._since[(run_id, key)] = since
             self._busy[pool] = self._busy.get(pool, 0) + 1
 
+    def oldest_inflight(self) -> float | None:
+        return min(self._since.values(), default=None)
+
     def done(self, run_id: str, key: str) -> None:
+        self._since.pop((run_id, key), None)
         pool = self._inflight.pop((run_id, key), None)
         if pool is not None:
             self._busy[pool] -= 1

@@ -82,16 +82,10 @@ att AS (
     started_at = COALESCE(EXCLUDED.started_at, attempts.started_at),
     finished_at = COALESCE(EXCLUDED.finished_at, attempts.finished_at)
   RETURNING 1
-),
-dis AS (
-  UPDATE attempts AS a SET dispatched_at = to_timestamp(u.at)
-  FROM jsonb_to_recordset(CAST(:dispatched AS jsonb)) AS u(run_id uuid, key text, number int, at float8)
-  WHERE a.run_id = u.run_id AND a.task_key = u.key AND a.number = u.number
-  RETURNING 1
 )
 SELECT 1 / (((SELECT count(*) FROM upd) = :n_tasks AND (SELECT count(*) FROM ins) = :n_new
              AND (SELECT count(*) FROM run) = :n_runs)::int
-            + 0 * (SELECT count(*) FROM att) + 0 * (SELECT count(*) FROM dis))
+            + 0 * (SELECT count(*) FROM att))
 """)
 _LOAD_RUNS = sa.text("""
 SELECT r.id::text, r.tenant_id, r.dag_id::text, r.status, r.params, r.cancel_requested, r.error,
@@ -128,7 +122,8 @@ class PostgresStore:
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 10) -> PostgresStore:
         engine = create_async_engine(
-            migrate.sync_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            migrate.sync_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+            connect_args={"prepare_threshold": 1},
         )
         return cls(engine)
 
@@ -170,10 +165,9 @@ class PostgresStore:
             }
             for r in batch.runs.values()
         ]
-        dispatched = [{"run_id": r, "key": k, "number": n, "at": at} for r, k, n, at in batch.dispatched]
         params = {
             "tasks": _dumps(updates), "new_tasks": _dumps(inserts), "runs": _dumps(runs),
-            "attempts": _dumps(attempts), "dispatched": _dumps(dispatched),
+            "attempts": _dumps(attempts),
             "n_tasks": len(updates), "n_new": len(inserts), "n_runs": len(runs),
         }
         try:
