@@ -58,11 +58,12 @@ def resolve_services(cfg: settings_mod.Settings) -> Services:
     return Services(db, rd, started)
 
 
-def init_ray(cfg: settings_mod.Settings) -> None:
+def init_ray(cfg: settings_mod.Settings) -> bool:
+    """Connect to (or start) Ray; True if this process started a local Ray it must shut down."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
@@ -74,6 +75,7 @@ def init_ray(cfg: settings_mod.Settings) -> None:
     elif cfg.ray.num_cpus is not None:
         kwargs["num_cpus"] = cfg.ray.num_cpus
     ray.init(**kwargs)
+    return not cfg.ray.address
 
 
 class Stack:
@@ -91,6 +93,7 @@ class Stack:
         self.submitter: submission.Submitter | None = None
         self._stopping = asyncio.Event()
         self._jobs: list[asyncio.Task[None]] = []
+        self._owns_ray = False
 
     async def start(self) -> None:
         from agents import actor, pools as pooling  # Ray is imported only where agents run
@@ -108,7 +111,7 @@ class Stack:
             raise errors.ConfigError(f"coordinator.owned_partitions {bad} are outside 0..{c.partitions - 1}")
         await self.queue.ensure_groups(parts, list(pool_cfgs))
         if self.with_agents:
-            await asyncio.to_thread(init_ray, cfg)
+            self._owns_ray = await asyncio.to_thread(init_ray, cfg)
             self.manager = actor.PoolManager(
                 pool_cfgs,
                 redis_url=self.services.redis_url,
@@ -173,6 +176,10 @@ class Stack:
             await self.queue.close()
         if self.store is not None:
             await self.store.close()
+        if self._owns_ray:
+            import ray
+
+            await asyncio.to_thread(ray.shutdown)
 
 
 class BackgroundStack:

@@ -84,7 +84,8 @@ class HttpSettings(BaseModel):
 
 
 class LoggingSettings(BaseModel):
-    level: str = "info"
+    level: str = Field("info", pattern="^(debug|info|warning|error)$")
+    format: str = Field("console", pattern="^(console|json)$", description="Log line format.")
     storage_driver: str = Field("postgres", pattern="^(postgres|clickhouse)$")
 
 

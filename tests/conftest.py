@@ -122,9 +122,6 @@ def stack(stack_settings: settings.Settings, redis_url: str) -> Iterator[Backgro
         yield bg
     finally:
         bg.stop()
-        import ray
-
-        ray.shutdown()
 
 
 class Client:

@@ -1,0 +1,3 @@
+from flowforge.cli import main
+
+main()
