@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,20 +18,41 @@ from agents import worker
 log = structlog.get_logger("flowforge.pools")
 
 
-@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=64)
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _make_agent(config: dict[str, Any]) -> worker.Agent:
+    return worker.Agent(worker.AgentConfig(**config))
+
+
+# No `async def` in this class: Ray would then run every method on one event loop, and the
+# blocking `serve` would starve `stats` and `stop`.
+@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=8)
 class AgentActor:
-    """One agent: an asyncio actor whose `serve` call runs the agent loop until `stop`."""
+    """One agent. Its loop runs on a thread of its own (uvloop where available), so the agent
+    does not depend on how Ray schedules actor calls; `serve` returns when the loop ends."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.agent = worker.Agent(worker.AgentConfig(**config))
+        self.loop = _new_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ff-agent", daemon=True)
+        self.thread.start()
+        self.agent = self._call(_make_agent(config))
 
-    async def serve(self) -> None:
-        await self.agent.serve()
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    async def stop(self, drain_s: float = 10.0) -> None:
-        await self.agent.stop(drain_s)
+    def serve(self) -> None:
+        self._call(self.agent.serve())
 
-    async def stats(self) -> dict[str, Any]:
+    def stop(self, drain_s: float = 10.0) -> None:
+        self._call(self.agent.stop(drain_s), timeout=drain_s + 5)
+
+    def stats(self) -> dict[str, Any]:
         return self.agent.stats()
 
     def pid(self) -> int:

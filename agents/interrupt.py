@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ class Slot:
         self._lock = threading.Lock()
         self._thread: int | None = None
         self.interrupted: str | None = None
+        self.started_at = 0.0
 
     def call(self, fn: Callable[..., Any], args: Any) -> Any:
         try:
@@ -37,6 +39,7 @@ class Slot:
                 if self.interrupted:
                     raise AttemptInterrupted(self.interrupted)
                 self._thread = threading.get_ident()
+            self.started_at = time.time()
             try:
                 return fn(**args) if isinstance(args, dict) else fn(*args)
             finally:

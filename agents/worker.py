@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,7 @@ class _Attempt:
     partition: int
     entry_id: bytes
     env: dict[str, Any]
+    received_at: float = 0.0
     slot: interrupt.Slot = field(default_factory=interrupt.Slot)
     task: asyncio.Task[Any] | None = None
 
@@ -82,6 +83,8 @@ class Agent:
         self._stopping = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=config.slots * 2, thread_name_prefix="ff-slot")
         self.completed = 0
+        # Recent latencies in seconds: dispatch -> received by us -> function started.
+        self.latency: dict[str, deque[float]] = {"delivery": deque(maxlen=1000), "start": deque(maxlen=1000)}
         self.client: aioredis.Redis | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -130,8 +133,13 @@ class Agent:
         self._stopping.set()
 
     def stats(self) -> dict[str, Any]:
+        def p50_ms(xs: deque[float]) -> float | None:
+            return round(sorted(xs)[len(xs) // 2] * 1000, 3) if xs else None
+
         return {"agent": self.name, "pool": self.config.pool, "running": len(self._inflight),
-                "completed": self.completed, "pid": os.getpid()}
+                "completed": self.completed, "pid": os.getpid(),
+                "delivery_ms_p50": p50_ms(self.latency["delivery"]),
+                "start_ms_p50": p50_ms(self.latency["start"])}
 
     # ---- reading and running -------------------------------------------------------------
 
@@ -181,7 +189,9 @@ class Agent:
             return
         if ident in self._inflight:
             return  # a lease renewal raced a reclaim; we already run it
-        attempt = _Attempt(partition, entry_id, env)
+        attempt = _Attempt(partition, entry_id, env, received_at=time.time())
+        if isinstance(env.get("dispatched_at"), float):
+            self.latency["delivery"].append(attempt.received_at - env["dispatched_at"])
         self.free -= 1
         if self.free <= 0:
             self._has_free.clear()
@@ -243,11 +253,13 @@ class Agent:
         sdk._set_context(ctx)
         capture.activate(cap)
         if is_async:
+            self.latency["start"].append(time.time() - a.received_at)
             coro = fn(**args) if isinstance(args, dict) else fn(*args)
             return await asyncio.wait_for(coro, timeout) if timeout else await coro
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         future = loop.run_in_executor(self._threads, context.run, a.slot.call, fn, args)
+        future.add_done_callback(lambda _: self.latency["start"].append(a.slot.started_at - a.received_at))
         if not timeout:
             return await future
         try:

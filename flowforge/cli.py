@@ -64,7 +64,7 @@ def coordinator() -> None:
             services.stop()
 
     try:
-        asyncio.run(main())
+        _run(main())
     except errors.FlowForgeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -103,6 +103,17 @@ def validate(file: Path) -> None:
             typer.echo(f"  {p.path}: {p.message}" + (f" (fix: {p.hint})" if p.hint else ""), err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{file}: DAG '{dag.name}' is valid ({len(dag.tasks)} tasks)")
+
+
+def _run(coro) -> None:  # type: ignore[no-untyped-def]
+    """Run on uvloop where available: the coordinator's loop is on every task's critical path."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
 
 
 def _redact(url: str) -> str:

@@ -1,5 +1,5 @@
-"""FlowForge under the benchmark: the real stack (coordinator, reconciler, 2 warm Ray agents)
-against this machine's Postgres and Redis (embedded servers when they are absent), with every
+"""FlowForge under the benchmark: `flowforge coordinator` in its own process (coordinator,
+reconciler, 2 warm Ray agents) against this machine's Postgres and Redis (embedded servers when they are absent), with every
 transition durable in Postgres.
 
 Run on its own with ``python -m bench.systems.flowforge_sys``.
@@ -7,9 +7,14 @@ Run on its own with ``python -m bench.systems.flowforge_sys``.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,8 +24,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import psycopg  # noqa: E402
 
 from bench.stats import chain_metrics, hops_ms  # noqa: E402
-from flowforge import embedded, settings  # noqa: E402
-from flowforge.runtime import BackgroundStack, Services  # noqa: E402
+from flowforge import embedded  # noqa: E402
+from flowforge.backends import redis_streams  # noqa: E402
+from flowforge.backends.postgres import store as pg_store  # noqa: E402
+from flowforge.engine import submission  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = int(os.environ.get("BENCH_FF_AGENTS", "2"))
@@ -36,6 +43,7 @@ def _reachable(port: int) -> bool:
 
 
 def setup() -> None:
+    """Start `flowforge coordinator` as its own process, as in production, and connect to it."""
     tmp = Path(tempfile.mkdtemp(prefix="ff-bench-"))
     started = []
     if os.environ.get("BENCH_DATABASE_URL"):
@@ -66,27 +74,55 @@ def setup() -> None:
         f"name: default\nagents: {AGENTS}\nslots_per_agent: {SLOTS}\n"
         "allowed_functions: ['bench.*']\nprewarm: ['bench.systems.ff_tasks']\n"
     )
-    cfg = settings.Settings(
-        data_dir=tmp / "data",
-        database={"url": db_url},
-        redis={"url": redis_url},
-        ray={"num_cpus": 2},
-        agents={"pool_config_dir": pools},
-        coordinator={"prefetch": float(os.environ.get("BENCH_FF_PREFETCH", "1.0"))},
+    env = dict(
+        os.environ,
+        FLOWFORGE_DATABASE__URL=db_url,
+        FLOWFORGE_REDIS__URL=redis_url,
+        FLOWFORGE_RAY__NUM_CPUS="2",
+        FLOWFORGE_AGENTS__POOL_CONFIG_DIR=str(pools),
+        FLOWFORGE_COORDINATOR__PREFETCH=os.environ.get("BENCH_FF_PREFETCH", "1.0"),
+        FLOWFORGE_LOGGING__LEVEL="warning",
     )
-    os.chdir(ROOT)
-    bg = BackgroundStack(cfg, Services(db_url, redis_url, started)).start()
-    bg.call(bg.stack.store.ensure_tenant("default"))
-    _state.update(bg=bg, admin=admin, db=db, services=started)
+    proc = subprocess.Popen([sys.executable, "-m", "flowforge", "coordinator"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _state.update(proc=proc, admin=admin, db=db, services=started)
+    deadline = time.monotonic() + 180
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if "coordinator running" in line:
+            break
+        if proc.poll() is not None:
+            raise RuntimeError("flowforge coordinator exited:\n" + "".join(seen[-30:]))
+    else:
+        raise RuntimeError("flowforge coordinator did not start in 180 s")
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # drain output
+    loop = asyncio.new_event_loop()
+    store = pg_store.PostgresStore.connect(db_url)
+    queue = redis_streams.RedisQueue.connect(redis_url)
+    loop.run_until_complete(store.ensure_tenant("default"))
+    _state.update(loop=loop, store=store, queue=queue, db_url=db_url,
+                  submitter=submission.Submitter(store, queue, partitions=1),
+                  poll=psycopg.connect(db_url, autocommit=True))
 
 
 def teardown() -> None:
-    bg = _state.pop("bg", None)
-    if bg is not None:
-        bg.stop()
-        import ray
-
-        ray.shutdown()
+    proc = _state.pop("proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    loop = _state.pop("loop", None)
+    if loop is not None:
+        loop.run_until_complete(_state.pop("queue").close())
+        loop.run_until_complete(_state.pop("store").close())
+        loop.close()
+    if "poll" in _state:
+        _state.pop("poll").close()
     admin, db = _state.pop("admin", None), _state.pop("db", None)
     if admin and db:
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -96,26 +132,18 @@ def teardown() -> None:
 
 
 def _run(dag: dict, params: dict | None = None, timeout: float = 600) -> tuple[dict, float]:
-    bg = _state["bg"]
+    loop, poll = _state["loop"], _state["poll"]
     t0 = time.perf_counter()
-    run_id = bg.call(bg.stack.submitter.submit(dag, params))
-    engine = bg.stack.store.engine
-
-    async def status() -> str:
-        async with engine.connect() as conn:
-            from sqlalchemy import text
-
-            return (await conn.execute(text("SELECT status FROM runs WHERE id = :id"), {"id": run_id})).scalar_one()
-
+    run_id = loop.run_until_complete(_state["submitter"].submit(dag, params))
     while True:
-        s = bg.call(status())
+        s = poll.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()[0]
         if s in ("succeeded", "failed", "cancelled"):
             break
         if time.perf_counter() - t0 > timeout:
             raise TimeoutError(f"run {run_id} still {s}")
-        time.sleep(0.01)
+        time.sleep(0.02)
     elapsed = time.perf_counter() - t0
-    run = bg.call(bg.stack.store.get_run(run_id, "default"))
+    run = loop.run_until_complete(_state["store"].get_run(run_id, "default"))
     if run["status"] != "succeeded":
         raise RuntimeError(f"benchmark run ended {run['status']}: {run['error']}")
     return run, elapsed
@@ -145,12 +173,7 @@ def fanout10k(n: int = 10_000) -> dict[str, float]:
         {"name": "work", "fn": "bench.systems.ff_tasks:noop", "args": ["{{ item }}"],
          "map": {"over": "{{ params.items }}", "max_items": 10_000}}]}
     _run(dag, {"items": list(range(500))})  # warm-up
-    coord = _state["bg"].stack.coordinator
-    before = dict(coord.timing), coord.cycles
     _, elapsed = _run(dag, {"items": list(range(n))})
-    if os.environ.get("BENCH_FF_VERBOSE"):
-        spent = {k: round(coord.timing[k] - before[0][k], 3) for k in coord.timing}
-        print(f"  flowforge coordinator: {coord.cycles - before[1]} cycles, {spent}", flush=True)
     return {"tasks_per_s": n / elapsed}
 
 

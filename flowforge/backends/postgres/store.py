@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -103,6 +105,10 @@ WHERE t.run_id = ANY(CAST(:ids AS uuid[]))
 """)
 
 
+# The same statement in the driver's parameter style, for the raw psycopg connection.
+_APPLY_DRIVER_SQL = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", _APPLY.text)
+
+
 def _f(v: Any) -> float | None:
     return None if v is None else float(v)
 
@@ -116,6 +122,8 @@ class PostgresStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        url = engine.url.set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
         self._dags: dict[str, model.CompiledDag] = {}
         self._hot: Any = None
 
@@ -172,22 +180,20 @@ class PostgresStore:
         }
         try:
             conn = await self._hot_connection()
-            await conn.execute(_APPLY, params)
-        except sa.exc.DataError as exc:
-            if "division by zero" not in str(exc.orig):
-                raise
+            await conn.execute(_APPLY_DRIVER_SQL, params, prepare=True)
+        except psycopg.errors.DivisionByZero:
             return await self._missed_runs(updates, inserts, runs)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except psycopg.OperationalError as exc:
             await self._drop_hot_connection()
-            raise errors.TemporaryError(f"postgres: {exc.orig or exc}") from None
+            raise errors.TemporaryError(f"postgres: {exc}") from None
         return set()
 
-    async def _hot_connection(self) -> Any:
-        """One autocommit connection kept for the coordinator's writes: no pool checkout, no
-        BEGIN/COMMIT round trips (each write is one atomic statement)."""
-        if self._hot is None or self._hot.closed or self._hot.invalidated:
-            conn = await self.engine.connect()
-            self._hot = await conn.execution_options(isolation_level="AUTOCOMMIT")
+    async def _hot_connection(self) -> psycopg.AsyncConnection:
+        """One autocommit psycopg connection kept for the coordinator's writes: no pool
+        checkout, no BEGIN/COMMIT round trips (each write is one atomic statement), and no
+        ORM layer on the one statement every task passes through."""
+        if self._hot is None or self._hot.closed:
+            self._hot = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
         return self._hot
 
     async def _drop_hot_connection(self) -> None:
