@@ -209,10 +209,8 @@ class Agent:
             if a.ident in self._cancelled:
                 event.update(ok=False, reason=wire.FAIL_CANCELLED, error="cancelled before it started")
                 return
-            started = wire.pack(wire.ATTEMPT_STARTED, **{
-                k: event[k] for k in ("tenant", "run", "task", "attempt", "agent")}, at=started_at)
             announce = asyncio.get_running_loop().call_later(
-                self.config.started_delay_s, self._outbox.put_nowait, (a.partition, None, started)
+                self.config.started_delay_s, self._announce, a.partition, event
             )
             cap = capture.Capture(
                 max_line_bytes=self.config.max_log_line_bytes, max_lines=self.config.max_log_lines
@@ -239,6 +237,10 @@ class Agent:
         finally:
             event["finished_at"] = time.time()
             self._outbox.put_nowait((a.partition, a.entry_id, _pack_result(event)))
+
+    def _announce(self, partition: int, event: dict[str, Any]) -> None:
+        started = {k: event[k] for k in ("tenant", "run", "task", "attempt", "agent")}
+        self._outbox.put_nowait((partition, None, wire.pack(wire.ATTEMPT_STARTED, **started, at=event["started_at"])))
 
     async def _call(self, a: _Attempt, cap: capture.Capture) -> Any:
         env = a.env

@@ -85,6 +85,21 @@ def migrate() -> None:
         services.stop()
 
 
+@app.command()
+def demo(examples_dir: Path = typer.Option(Path("examples"), help="Folder of example DAGs.")) -> None:
+    """Run every example DAG on the embedded stack, with live progress and a final table."""
+    from flowforge import demo as demoing
+
+    cfg = _load_settings()
+    _configure_logging(cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"level": "warning"})}))
+    try:
+        ok = demoing.run_demo(examples_dir)
+    except errors.FlowForgeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(0 if ok else 1)
+
+
 @app.command("validate")
 def validate(file: Path) -> None:
     """Check a DAG file (YAML or JSON) and print every problem with its path."""

@@ -48,6 +48,7 @@ def start_postgres(data_dir: Path, *, keep: bool = True) -> Service:
     """Start (or reuse) a Postgres whose data lives in `data_dir`; it listens on a socket there."""
     import pgserver  # imported here: only the embedded default needs it
 
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         server = pgserver.get_server(str(data_dir), cleanup_mode="stop" if keep else "delete")
@@ -68,6 +69,7 @@ def redis_binary() -> str:
 
 def start_redis(data_dir: Path, *, port: int | None = None, persist: bool = True) -> Service:
     """Start redis-server on 127.0.0.1 (never on 6379 by accident: a free port unless given)."""
+    data_dir = data_dir.resolve()  # redis-server changes into --dir before opening its log
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     if port_busy(port):

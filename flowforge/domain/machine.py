@@ -39,6 +39,7 @@ class Started:
     key: str
     attempt: int
     agent: str | None = None
+    at: float | None = None  # when the agent started it (its clock); else when we heard
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Finished:
     reason: str = "error"  # wire.FAIL_* when not ok
     retryable: bool = True
     started_at: float | None = None
+    finished_at: float | None = None  # the agent's clock; durations come from its two stamps
     agent: str | None = None
     logs: tuple[Any, ...] = ()
 
@@ -212,8 +214,9 @@ def _started(step: _Step, ev: Started) -> None:
         timer, timer_at = TIMER_DEADLINE, step.now + timeout + step.config.deadline_grace
     if step.run.cancel_requested:
         timer, timer_at = TIMER_CANCEL, step.now + step.config.cancel_grace
-    step.set(task, status=S.RUNNING, started_at=step.now, timer=timer, timer_at=timer_at)
-    step.effects.append(AttemptChanged(ev.key, ev.attempt, "running", started_at=step.now, agent=ev.agent))
+    started_at = ev.at or step.now
+    step.set(task, status=S.RUNNING, started_at=started_at, timer=timer, timer_at=timer_at)
+    step.effects.append(AttemptChanged(ev.key, ev.attempt, "running", started_at=started_at, agent=ev.agent))
     if timer is not None:
         step.effects.append(ArmTimer(ev.key, ev.attempt, timer, timer_at))
 
@@ -222,20 +225,21 @@ def _finished(step: _Step, ev: Finished) -> None:
     task = _current(step.run, ev.key, ev.attempt)
     if task is None or task.status not in TASK_ACTIVE:
         return
-    started_at = task.started_at or ev.started_at or step.now
-    closed = dict(finished_at=step.now, started_at=started_at, agent=ev.agent, logs=ev.logs)
+    started_at = ev.started_at or task.started_at or step.now
+    finished_at = max(ev.finished_at or step.now, started_at)
+    closed = dict(finished_at=finished_at, started_at=started_at, agent=ev.agent, logs=ev.logs)
     if ev.ok:
         step.effects.append(AttemptChanged(ev.key, ev.attempt, "succeeded", **closed))
         step.set(
             task, status=S.SUCCEEDED, output=ev.output, error=None, timer=None, timer_at=None,
-            started_at=started_at, finished_at=step.now,
+            started_at=started_at, finished_at=finished_at,
         )
         return
     if step.run.cancel_requested:
         step.effects.append(
             AttemptChanged(ev.key, ev.attempt, "cancelled", error=ev.error, reason=ev.reason, **closed)
         )
-        step.set(task, status=S.CANCELLED, error=ev.error, timer=None, timer_at=None, finished_at=step.now)
+        step.set(task, status=S.CANCELLED, error=ev.error, timer=None, timer_at=None, finished_at=finished_at)
         return
     step.effects.append(
         AttemptChanged(ev.key, ev.attempt, "failed", error=ev.error, reason=ev.reason, **closed)
@@ -247,7 +251,7 @@ def _finished(step: _Step, ev: Finished) -> None:
         step.set(task, status=S.RETRYING, error=ev.error, timer=TIMER_RETRY, timer_at=at)
         step.effects.append(ArmTimer(task.key, task.attempt, TIMER_RETRY, at))
     else:
-        step.set(task, status=S.FAILED, error=ev.error, timer=None, timer_at=None, finished_at=step.now)
+        step.set(task, status=S.FAILED, error=ev.error, timer=None, timer_at=None, finished_at=finished_at)
 
 
 def _timer(step: _Step, ev: TimerDue) -> None:

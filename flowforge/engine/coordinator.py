@@ -346,7 +346,10 @@ def _event(env: dict[str, Any]) -> tuple[str, machine.Event] | None:
             case wire.RUN_RETRY:
                 return run_id, machine.Retry()
             case wire.ATTEMPT_STARTED:
-                return run_id, machine.Started(env["task"], int(env["attempt"]), env.get("agent"))
+                at = env.get("at")
+                return run_id, machine.Started(
+                    env["task"], int(env["attempt"]), env.get("agent"), at if isinstance(at, float) else None
+                )
             case wire.ATTEMPT_FINISHED:
                 return run_id, machine.Finished(
                     key=env["task"],
@@ -356,13 +359,18 @@ def _event(env: dict[str, Any]) -> tuple[str, machine.Event] | None:
                     error=env.get("error"),
                     reason=env.get("reason") or "error",
                     retryable=bool(env.get("retryable", True)),
-                    started_at=env.get("started_at"),
+                    started_at=_stamp(env.get("started_at")),
+                    finished_at=_stamp(env.get("finished_at")),
                     agent=env.get("agent"),
                     logs=tuple(env.get("logs") or ()),
                 )
     except (KeyError, TypeError, ValueError):
         return None
     return None
+
+
+def _stamp(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class SystemClock:
