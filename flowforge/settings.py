@@ -74,19 +74,13 @@ class AgentSettings(BaseModel):
         3, ge=1, description="Deliveries before an entry moves to the dead-letter stream."
     )
     max_result_bytes: int = Field(1 << 20, ge=1024, description="Largest inline task result.")
-    max_log_line_bytes: int = Field(8192, ge=128)
+    max_log_line_bytes: int = Field(8192, ge=128, description="Longer output lines are cut.")
     max_log_lines: int = Field(10_000, ge=1, description="Captured output lines per attempt.")
 
 
-class HttpSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
-
-
 class LoggingSettings(BaseModel):
-    level: str = Field("info", pattern="^(debug|info|warning|error)$")
+    level: str = Field("info", pattern="^(debug|info|warning|error)$", description="Lowest level logged.")
     format: str = Field("console", pattern="^(console|json)$", description="Log line format.")
-    storage_driver: str = Field("postgres", pattern="^(postgres|clickhouse)$")
 
 
 class Settings(BaseSettings):
@@ -98,7 +92,6 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
-    http: HttpSettings = Field(default_factory=HttpSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     limits: spec.Limits = Field(default_factory=spec.Limits)
 
