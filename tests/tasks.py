@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from flowforge import sdk
@@ -73,9 +74,17 @@ def huge(n: int) -> str:
 
 def slow_once(marker: str, seconds: float) -> str:
     """Sleeps on the first delivery (so its agent can be killed mid-task), fast afterwards."""
-    import os
-
     if not os.path.exists(marker):
         open(marker, "w").close()
         time.sleep(seconds)
     return "done"
+
+
+def crash_agent() -> None:
+    """Kills the agent process running it, every time: a poison task."""
+    os._exit(17)
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from flowforge import keys
 from flowforge.backends import redis_streams
 from flowforge.backends.postgres import migrate, store as pg_store
 from flowforge.engine import submission
@@ -54,6 +55,7 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
         FLOWFORGE_RAY__ADDRESS=ray.get_runtime_context().gcs_address,
         FLOWFORGE_AGENTS__POOL_CONFIG_DIR=str(pool_dir),
         FLOWFORGE_COORDINATOR__RECONCILE_INTERVAL="PT1S",
+        FLOWFORGE_COORDINATOR__PARTITIONS="2",
     )
     import redis as redis_sync
 
@@ -70,26 +72,34 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
                 break
         assert any("coordinator running" in ln for ln in lines), "".join(lines)
 
-        async def submit_and_wait() -> dict:
+        async def submit_and_wait() -> list[dict]:
             store = pg_store.PostgresStore.connect(fresh_db)
             queue = redis_streams.RedisQueue.connect(other_redis)
             try:
                 await store.ensure_tenant("default")
-                sub = submission.Submitter(store, queue, partitions=1)
-                run_id = await sub.submit({"name": "cli", "tasks": [
-                    {"name": "a", "fn": "tests.tasks:add", "args": [2, 3]}]})
-                for _ in range(600):
-                    run = await store.get_run(run_id, "default")
-                    if run["status"] in ("succeeded", "failed", "cancelled"):
-                        return run
-                    await asyncio.sleep(0.05)
-                raise AssertionError(f"run still {run['status']}")
+                sub = submission.Submitter(store, queue, partitions=2)
+                run_ids: list[str] = []
+                while len(run_ids) < 6 or len({keys.partition_of(r, 2) for r in run_ids}) < 2:
+                    run_ids.append(await sub.submit({"name": "cli", "tasks": [
+                        {"name": "a", "fn": "tests.tasks:add", "args": [len(run_ids), 3]}]}))
+                runs = []
+                for run_id in run_ids:
+                    for _ in range(600):
+                        run = await store.get_run(run_id, "default")
+                        if run["status"] in ("succeeded", "failed", "cancelled"):
+                            break
+                        await asyncio.sleep(0.05)
+                    runs.append(run)
+                return runs
             finally:
                 await queue.close()
                 await store.close()
 
-        run = asyncio.run(submit_and_wait())
-        assert run["status"] == "succeeded" and run["tasks"][0]["output"] == 5
+        runs = asyncio.run(submit_and_wait())
+        assert {keys.partition_of(r["id"], 2) for r in runs} == {0, 1}  # both partitions served
+        assert [r["status"] for r in runs] == ["succeeded"] * len(runs)
+        assert [r["tasks"][0]["output"] for r in runs] == [i + 3 for i in range(len(runs))]
+        run = runs[0]
         agent_pid = int(run["tasks"][0]["attempts"][0]["agent"].rsplit("-", 2)[1])
         assert _alive(agent_pid)
         proc.send_signal(signal.SIGTERM)

@@ -191,3 +191,25 @@ def test_output_lines_are_captured_per_attempt(client):
         {"name": "talk", "fn": "tests.tasks:chatty", "args": [3]}]}))
     logs = client.task(run, "talk")["attempts"][0]["logs"]
     assert [line[1:] for line in logs] == [["stdout", "line 0"], ["stdout", "line 1"], ["stdout", "line 2"]]
+
+
+def test_pool_stream_stays_shallow_while_a_large_map_runs(client, redis_url):
+    import redis
+
+    from flowforge import keys
+
+    r = redis.Redis.from_url(redis_url)
+    stream = keys.pool_stream(0, "default")
+    run_id = client.submit({"name": "shallow", "tasks": [
+        {"name": "nums", "fn": "tests.tasks:numbers", "args": [300]},
+        {"name": "nap", "fn": "tests.tasks:nap", "args": [0.01], "depends": ["nums"],
+         "map": {"over": "{{ tasks.nums.output }}", "max_items": 300}}]})
+    deepest = 0
+    while client.get(run_id)["status"] not in ("succeeded", "failed", "cancelled"):
+        group = next(g for g in r.xinfo_groups(stream) if g["name"] == b"agents")
+        undelivered = r.xrange(stream, min="(" + group["last-delivered-id"].decode(), max="+")
+        deepest = max(deepest, group["pending"] + len(undelivered))
+    run = client.get(run_id)
+    assert run["status"] == "succeeded"
+    slots = 2 * 8
+    assert 0 < deepest <= slots * 2, deepest  # in flight: free slots plus a prefetch of 1x slots

@@ -102,3 +102,31 @@ def test_retry_failed_run_reruns_failed_tasks_as_new_attempts(client, tmp_path):
     assert [a["status"] for a in bad["attempts"]] == ["failed", "succeeded"]
     assert len(client.task(run, "ok")["attempts"]) == 1  # succeeded tasks are not re-run
     assert client.task(run, "child")["status"] == "succeeded"
+
+
+def test_poison_task_is_dead_lettered_after_max_deliveries(client, redis_url):
+    run_id = client.submit({"name": "poison", "tasks": [{"name": "p", "fn": "tests.tasks:crash_agent"}]})
+    run = client.wait(run_id, timeout=90)
+    assert run["status"] == "failed"
+    p = client.task(run, "p")
+    assert [a["reason"] for a in p["attempts"]] == ["dead_letter"]
+    assert "delivered 4 times without a result (max_deliveries=3)" in p["error"]
+    r = redis.Redis.from_url(redis_url)
+    dead = r.xrange(keys.dead_letter(keys.partition_of(run_id, 1), "default"))
+    assert any(wire.unpack(fields[keys.ENTRY_FIELD])["run"] == run_id for _, fields in dead)
+
+
+def test_agents_run_attempts_concurrently_in_slots(client):
+    n = 12
+    run = client.wait(client.submit({"name": "slots", "tasks": [
+        {"name": f"n{i}", "fn": "tests.tasks:nap", "args": [0.4]} for i in range(n)]}), timeout=60)
+    assert run["status"] == "succeeded"
+    spans = [(a["started_at"], a["finished_at"]) for t in run["tasks"] for a in t["attempts"]]
+    # The largest number of attempts running at the same moment.
+    edges = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    assert peak >= 8, peak  # 2 agents x 8 slots: most of the 12 overlap
+    assert len({a["agent"] for t in run["tasks"] for a in t["attempts"]}) == 2
