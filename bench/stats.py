@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -41,3 +41,16 @@ def chain_metrics(hops: Sequence[float]) -> dict[str, float]:
         "per_hop_ms_p50": percentile(hops, 50),
         "per_hop_ms_p95": percentile(hops, 95),
     }
+
+
+def chain_scenario(run_chain: Callable[[int], Sequence[float]], n: int, reps: int) -> dict[str, float]:
+    """The ``chain100`` scenario for any system: one warm-up chain, then ``reps`` chains whose
+    hops are pooled. ``run_chain(n)`` returns the start timestamps of the chain's tasks."""
+    run_chain(n)  # warm-up, not counted
+    hops: list[float] = []
+    for _ in range(reps):
+        ts = run_chain(n)
+        if len(ts) != n:
+            raise RuntimeError(f"chain returned {len(ts)} timestamps, expected {n}")
+        hops.extend(hops_ms(ts))
+    return chain_metrics(hops)

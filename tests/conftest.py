@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from flowforge import embedded, settings
+from flowforge.backends.postgres import admin
 from flowforge.runtime import BackgroundStack, Services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,23 +48,15 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         svc.stop()
 
 
-def _with_db(url: str, db: str) -> str:
-    base, _, query = url.partition("?")
-    head = base.rsplit("/", 1)[0]
-    return f"{head}/{db}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture(scope="session")
 def database_url(pg_server_url: str) -> Iterator[str]:
     """A fresh database for this test session, dropped afterwards."""
     name = f"ff_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    url = admin.create_database(pg_server_url, name)
     try:
-        yield _with_db(pg_server_url, name)
+        yield url
     finally:
-        with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.drop_database(pg_server_url, name)
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,11 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from flowforge import keys
 from flowforge.backends import redis_streams
-from flowforge.backends.postgres import migrate, store as pg_store
+from flowforge.backends.postgres import admin, store as pg_store
 from flowforge.engine import submission
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture()
 def fresh_db(pg_server_url):
     name = f"ff_cli_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, query = pg_server_url.partition("?")
-    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-    yield url
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield admin.create_database(pg_server_url, name)
+    admin.drop_database(pg_server_url, name)
 
 
 def _alive(pid: int) -> bool:

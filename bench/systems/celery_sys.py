@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.stats import chain_metrics, hops_ms
+from bench.stats import chain_scenario
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -169,18 +169,12 @@ def _run_chain(n: int) -> list[float]:
     mod = _app()
     sig = chain(mod.noop_chain.s([]), *(mod.noop_chain.s() for _ in range(n - 1)))
     ts = sig.apply_async().get(timeout=120)
-    if len(ts) != n:
-        raise RuntimeError(f"chain returned {len(ts)} timestamps, expected {n}")
     return ts
 
 
 def chain100(n: int = 100, reps: int = 3) -> dict[str, float]:
     """``n`` sequential tasks; per-hop latency pooled over ``reps`` chains."""
-    _run_chain(n)  # warm-up, not counted
-    hops: list[float] = []
-    for _ in range(reps):
-        hops.extend(hops_ms(_run_chain(n)))
-    return chain_metrics(hops)
+    return chain_scenario(_run_chain, n, reps)
 
 
 def _run_fanout(n: int) -> float:

@@ -23,9 +23,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import psycopg  # noqa: E402
 
-from bench.stats import chain_metrics, hops_ms  # noqa: E402
+from bench.stats import chain_scenario  # noqa: E402
 from flowforge import embedded  # noqa: E402
 from flowforge.backends import redis_streams  # noqa: E402
+from flowforge.backends.postgres import admin as pg_admin  # noqa: E402
 from flowforge.backends.postgres import store as pg_store  # noqa: E402
 from flowforge.engine import submission  # noqa: E402
 
@@ -55,10 +56,7 @@ def setup() -> None:
         started.append(svc)
         admin = svc.url.replace("postgresql+psycopg://", "postgresql://")
     db = f"ff_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    base, _, query = admin.partition("?")
-    db_url = base.rsplit("/", 1)[0] + f"/{db}" + (f"?{query}" if query else "")
+    db_url = pg_admin.create_database(admin, db)
     if _reachable(6379):
         redis_url = "redis://127.0.0.1:6379/12"
         import redis
@@ -125,8 +123,7 @@ def teardown() -> None:
         _state.pop("poll").close()
     admin, db = _state.pop("admin", None), _state.pop("db", None)
     if admin and db:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        pg_admin.drop_database(admin, db)
     for svc in _state.pop("services", []):
         svc.stop()
 
@@ -159,13 +156,12 @@ def _chain_dag(n: int) -> dict:
 
 def chain100(n: int = 100, reps: int = 3) -> dict[str, float]:
     dag = _chain_dag(n)
-    _run(dag)  # warm-up
-    hops: list[float] = []
-    for _ in range(reps):
+
+    def run_chain(_n: int) -> list[float]:
         run, _ = _run(dag)
-        last = next(t for t in run["tasks"] if t["key"] == f"t{n - 1}")
-        hops.extend(hops_ms(last["output"]))
-    return chain_metrics(hops)
+        return next(t for t in run["tasks"] if t["key"] == f"t{n - 1}")["output"]
+
+    return chain_scenario(run_chain, n, reps)
 
 
 def fanout10k(n: int = 10_000) -> dict[str, float]:

@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402
 
-from bench.stats import chain_metrics, hops_ms  # noqa: E402
+from bench.stats import chain_scenario  # noqa: E402
 
 NUM_ACTORS = 2
 
@@ -88,18 +88,12 @@ def _run_chain(n: int) -> list[float]:
     for i in range(1, n):
         ref = _actors[i % NUM_ACTORS].noop_chain.remote(ref)
     ts = ray.get(ref, timeout=120)
-    if len(ts) != n:
-        raise RuntimeError(f"chain returned {len(ts)} timestamps, expected {n}")
     return ts
 
 
 def chain100(n: int = 100, reps: int = 3) -> dict[str, float]:
     """``n`` sequential actor calls (ObjectRef passed on); hops pooled over reps."""
-    _run_chain(n)  # warm-up, not counted
-    hops: list[float] = []
-    for _ in range(reps):
-        hops.extend(hops_ms(_run_chain(n)))
-    return chain_metrics(hops)
+    return chain_scenario(_run_chain, n, reps)
 
 
 def _run_fanout(n: int) -> float:

@@ -86,20 +86,6 @@ class RedisQueue:
         """Re-read this consumer's unacknowledged events on the next read."""
         self._backlog_read.clear()
 
-    async def ack_events(self, deliveries: Sequence[ports.Delivery]) -> None:
-        by_stream: dict[str, list[bytes]] = {}
-        for d in deliveries:
-            by_stream.setdefault(d.stream, []).append(d.entry_id)
-        if not by_stream:
-            return
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for stream, ids in by_stream.items():
-                    pipe.xack(stream, keys.COORDINATOR_GROUP, *ids)
-                await pipe.execute()
-        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
-            raise _translate(exc) from None
-
     async def publish_events(self, events: Sequence[tuple[int, bytes]]) -> None:
         if not events:
             return
@@ -144,15 +130,6 @@ class RedisQueue:
                 for stream, ids in by_stream.items():
                     pipe.xack(stream, keys.COORDINATOR_GROUP, *ids)
                 await pipe.execute()
-        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
-            raise _translate(exc) from None
-
-    async def stop_attempts(self, attempts: Sequence[tuple[str, str, int]]) -> None:
-        if not attempts:
-            return
-        payload = msgpack.packb([list(a) for a in attempts], use_bin_type=True)
-        try:
-            await self.client.publish(keys.CANCEL_CHANNEL, payload)
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise _translate(exc) from None
 
