@@ -167,6 +167,9 @@ class Stack:
         self._stopping.set()
         if self.coordinator is not None:
             self.coordinator.stop()
+            c = self.coordinator
+            log.info("coordinator.stopped", cycles=c.cycles, events=int(c.timing["events"]),
+                     **{f"{k}_s": round(v, 3) for k, v in c.timing.items() if k != "events"})
         if self.manager is not None:
             await self.manager.stop(drain_s=2.0)
         for job in self._jobs:

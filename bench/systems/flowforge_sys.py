@@ -79,7 +79,7 @@ def setup() -> None:
         FLOWFORGE_RAY__NUM_CPUS="2",
         FLOWFORGE_AGENTS__POOL_CONFIG_DIR=str(pools),
         FLOWFORGE_COORDINATOR__PREFETCH=os.environ.get("BENCH_FF_PREFETCH", "1.0"),
-        FLOWFORGE_LOGGING__LEVEL="warning",
+        FLOWFORGE_LOGGING__LEVEL=os.environ.get("BENCH_FF_LOG_LEVEL", "warning"),
     )
     proc = subprocess.Popen([sys.executable, "-m", "flowforge", "coordinator"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -95,7 +95,9 @@ def setup() -> None:
             raise RuntimeError("flowforge coordinator exited:\n" + "".join(seen[-30:]))
     else:
         raise RuntimeError("flowforge coordinator did not start in 180 s")
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # drain output
+    echo = bool(os.environ.get("BENCH_FF_LOG_LEVEL"))
+    threading.Thread(target=lambda: [print(ln, end="") if echo else None for ln in proc.stdout],
+                     daemon=True).start()  # drain (or show) its output
     loop = asyncio.new_event_loop()
     store = pg_store.PostgresStore.connect(db_url)
     queue = redis_streams.RedisQueue.connect(redis_url)
