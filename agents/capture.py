@@ -19,9 +19,11 @@ _install_lock = threading.Lock()
 
 
 class Capture:
-    def __init__(self, *, max_line_bytes: int, max_lines: int) -> None:
+    def __init__(self, *, max_line_bytes: int, max_lines: int, max_bytes: int = 1 << 20) -> None:
         self.max_line_bytes = max_line_bytes
         self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.size = 0
         self.lines: list[list[Any]] = []  # [unix time, stream, text]
         self.dropped = 0
         self._partial: dict[str, str] = {}
@@ -39,11 +41,14 @@ class Capture:
             self._partial[stream] = rest
 
     def _add(self, stream: str, line: str) -> None:
-        if len(self.lines) >= self.max_lines:
+        if len(self.lines) >= self.max_lines or self.size >= self.max_bytes:
             self.dropped += 1
             return
         if len(line) > self.max_line_bytes:
             line = line[: self.max_line_bytes] + f"… [line truncated at {self.max_line_bytes} bytes]"
+        if "\x00" in line:  # Postgres text cannot hold NUL
+            line = line.replace("\x00", "\ufffd")
+        self.size += len(line)
         self.lines.append([time.time(), stream, line])
 
     def finish(self) -> list[list[Any]]:
@@ -53,7 +58,8 @@ class Capture:
                     self._add(stream, rest)
             self._partial.clear()
             if self.dropped:
-                self.lines.append([time.time(), "system", f"[{self.dropped} more lines dropped: over {self.max_lines} lines]"])
+                self.lines.append([time.time(), "system", f"[{self.dropped} more lines dropped: over "
+                                   f"{self.max_lines} lines or {self.max_bytes} bytes]"])
                 self.dropped = 0
             return self.lines
 

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ from flowforge import keys, sdk, wire
 log = structlog.get_logger("flowforge.agent")
 _LUA = Path(__file__).parent / "lua"
 _MAX_ERROR = 16_384
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # a JSON-escaped NUL, not an escaped backslash
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class AgentConfig:
     max_result_bytes: int = 1 << 20
     max_log_line_bytes: int = 8192
     max_log_lines: int = 10_000
+    max_log_bytes: int = 1 << 20
     block_ms: int = 1000
     # An attempt announces it started only if it is still running after this long; quicker
     # ones report start and end in their result, saving the coordinator a write per task.
@@ -63,6 +66,8 @@ class _Attempt:
     received_at: float = 0.0
     slot: interrupt.Slot = field(default_factory=interrupt.Slot)
     task: asyncio.Task[Any] | None = None
+    # A sync function that ignored its timeout or cancel: its thread holds the slot until it ends.
+    stuck: asyncio.Future[Any] | None = None
 
     @property
     def ident(self) -> tuple[str, str, int]:
@@ -78,11 +83,14 @@ class Agent:
         self._has_free = asyncio.Event()
         self._has_free.set()
         self._inflight: dict[tuple[str, str, int], _Attempt] = {}
+        self._waiting: deque[_Attempt] = deque()
         self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._outbox: asyncio.Queue[tuple[int, bytes | None, bytes]] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=config.slots * 2, thread_name_prefix="ff-slot")
         self.completed = 0
+        self.stuck = 0  # threads still running attempts that were already reported as stopped
+        self._broken = asyncio.Event()
         # Recent latencies in seconds: dispatch -> received by us -> function started.
         self.latency: dict[str, deque[float]] = {"delivery": deque(maxlen=1000), "start": deque(maxlen=1000)}
         self.client: aioredis.Redis | None = None
@@ -104,6 +112,7 @@ class Agent:
             asyncio.create_task(self._keep_leases(), name="leases"),
             asyncio.create_task(self._reclaim_loop(), name="reclaim"),
             asyncio.create_task(self._listen_cancels(), name="cancels"),
+            asyncio.create_task(self._broken.wait(), name="stuck slots"),
         ]
         log.info("agent.started", agent=self.name, pool=self.config.pool, slots=self.config.slots)
         stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
@@ -112,6 +121,10 @@ class Agent:
             for job in done:
                 if job is not stopping:
                     # A loop of the agent died: fail loudly so the pool manager replaces us.
+                    if self._broken.is_set():
+                        # Every slot's thread ignores its stop: only a new process frees them.
+                        log.error("agent.slots_stuck", agent=self.name, stuck=self.stuck)
+                        raise RuntimeError(f"all {self.stuck} slots run code that ignored timeout or cancel")
                     log.error("agent.loop_died", agent=self.name, loop=job.get_name(), error=repr(job.exception()))
                     raise RuntimeError(f"agent loop {job.get_name()} died: {job.exception()!r}")
         finally:
@@ -125,6 +138,8 @@ class Agent:
     async def stop(self, drain_s: float = 10.0) -> None:
         """Stop taking work, give running attempts `drain_s` to finish, then stop."""
         self.free = -(10**9)  # readers see no free slot
+        while self._waiting:  # never started: left to other agents once their lease runs out
+            self._inflight.pop(self._waiting.popleft().ident, None)
         deadline = time.monotonic() + drain_s
         while self._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -136,7 +151,8 @@ class Agent:
         def p50_ms(xs: deque[float]) -> float | None:
             return round(sorted(xs)[len(xs) // 2] * 1000, 3) if xs else None
 
-        return {"agent": self.name, "pool": self.config.pool, "running": len(self._inflight),
+        return {"agent": self.name, "pool": self.config.pool, "running": len(self._inflight) - len(self._waiting),
+                "waiting": len(self._waiting),
                 "completed": self.completed, "pid": os.getpid(),
                 "delivery_ms_p50": p50_ms(self.latency["delivery"]),
                 "start_ms_p50": p50_ms(self.latency["start"])}
@@ -168,7 +184,10 @@ class Agent:
             except rexc.ResponseError as exc:
                 # NOGROUP / UNBLOCKED: Redis lost the stream (a flush, a failover). Recreate it.
                 log.warning("agent.stream_lost", agent=self.name, stream=stream, error=str(exc))
-                await self._ensure_group(partition)
+                try:
+                    await self._ensure_group(partition)
+                except (rexc.ConnectionError, rexc.TimeoutError):
+                    await asyncio.sleep(1)
                 continue
             except (rexc.ConnectionError, rexc.TimeoutError) as exc:
                 log.warning("agent.redis_unavailable", agent=self.name, error=str(exc))
@@ -192,11 +211,19 @@ class Agent:
         attempt = _Attempt(partition, entry_id, env, received_at=time.time())
         if isinstance(env.get("dispatched_at"), float):
             self.latency["delivery"].append(attempt.received_at - env["dispatched_at"])
+        self._inflight[ident] = attempt  # its lease is renewed from now on
+        if self.free > 0:
+            self._start(attempt)
+        else:
+            # Readers of several partitions (and the reclaimer) can together take more than
+            # the free slots; the surplus waits here for a slot, leased, in arrival order.
+            self._waiting.append(attempt)
+
+    def _start(self, attempt: _Attempt) -> None:
         self.free -= 1
         if self.free <= 0:
             self._has_free.clear()
-        self._inflight[ident] = attempt
-        attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt {ident}")
+        attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt {attempt.ident}")
 
     async def _run(self, a: _Attempt) -> None:
         env = a.env
@@ -213,7 +240,8 @@ class Agent:
                 self.config.started_delay_s, self._announce, a.partition, event
             )
             cap = capture.Capture(
-                max_line_bytes=self.config.max_log_line_bytes, max_lines=self.config.max_log_lines
+                max_line_bytes=self.config.max_log_line_bytes, max_lines=self.config.max_log_lines,
+                max_bytes=self.config.max_log_bytes,
             )
             try:
                 output = await self._call(a, cap)
@@ -270,16 +298,38 @@ class Agent:
             self._stop_attempt(a, wire.FAIL_TIMEOUT)
             # Give the code a moment to notice; then report whether or not it did.
             done, _ = await asyncio.wait({future}, timeout=min(5.0, self.config.lease_s / 3))
+            if not done:
+                self._hold_slot(a, future)
             raise interrupt.AttemptInterrupted(wire.FAIL_TIMEOUT) from None
+
+    def _hold_slot(self, a: _Attempt, future: asyncio.Future[Any]) -> None:
+        """The thread did not stop (code blocked in C, or catching the interrupt): keep its slot
+        taken until it ends, and give up the process once no slot is left."""
+        a.stuck = future
+        self.stuck += 1
+        log.warning("agent.attempt_ignores_stop", agent=self.name, attempt=a.ident, stuck=self.stuck)
+
+        def ended(_: Any) -> None:
+            self.stuck -= 1
+            self._release_slot()
+
+        future.add_done_callback(ended)
+        if self.stuck >= self.config.slots:
+            self._broken.set()
 
     def _check_result(self, output: Any) -> None:
         try:
-            encoded = json.dumps(output, separators=(",", ":"))
+            encoded = json.dumps(output, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise loading.Rejected(
                 f"result of type {type(output).__name__} is not JSON-serialisable ({exc}); "
                 "return plain dicts, lists, strings, numbers, booleans or None"
             ) from None
+        if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
+            raise loading.Rejected(
+                "result contains a NUL character (\\u0000), which Postgres cannot store; "
+                "encode binary data (base64) or strip it"
+            )
         if len(encoded) > self.config.max_result_bytes:
             raise loading.Rejected(
                 f"result is {len(encoded):,} bytes, over the {self.config.max_result_bytes:,}-byte limit; "
@@ -338,10 +388,16 @@ class Agent:
             if a.entry_id == entry_id and a.partition == partition:
                 del self._inflight[ident]
                 self.completed += 1
-                self.free += 1
-                if self.free > 0:
-                    self._has_free.set()
+                if a.stuck is None:
+                    self._release_slot()
                 return
+
+    def _release_slot(self) -> None:
+        self.free += 1
+        while self._waiting and self.free > 0:
+            self._start(self._waiting.popleft())
+        if self.free > 0:
+            self._has_free.set()
 
     async def _keep_leases(self) -> None:
         """Renew the lease of every running attempt (XCLAIM JUSTID resets idle time without
@@ -384,10 +440,20 @@ class Agent:
             await asyncio.sleep(self.config.lease_s / 2)
 
     async def _listen_cancels(self) -> None:
+        """Stop attempts the coordinator cancels. A Redis blip resubscribes; signals missed
+        meanwhile are covered by the coordinator's cancel grace timer."""
+        while True:
+            try:
+                await self._listen_cancels_once()
+            except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+                log.warning("agent.cancel_listener_reconnecting", agent=self.name, error=str(exc))
+                await asyncio.sleep(1)
+
+    async def _listen_cancels_once(self) -> None:
         assert self.client is not None
         pubsub = self.client.pubsub()
-        await pubsub.subscribe(keys.CANCEL_CHANNEL)
         try:
+            await pubsub.subscribe(keys.CANCEL_CHANNEL)
             while True:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if msg is None:
@@ -395,6 +461,7 @@ class Agent:
                 try:
                     idents = [tuple(x) for x in msgpack.unpackb(msg["data"], raw=False)]
                 except Exception:
+                    log.warning("agent.unreadable_cancel", agent=self.name)
                     continue
                 for ident in idents:
                     self._cancelled[ident] = None  # type: ignore[index]
@@ -405,7 +472,10 @@ class Agent:
                         log.info("agent.cancelling", agent=self.name, attempt=ident)
                         self._stop_attempt(a, wire.FAIL_CANCELLED)
         finally:
-            await pubsub.aclose()
+            try:
+                await pubsub.aclose()
+            except (rexc.ConnectionError, rexc.TimeoutError):
+                pass
 
 
 def _interrupt_message(reason: str, env: dict[str, Any]) -> str:
@@ -415,9 +485,18 @@ def _interrupt_message(reason: str, env: dict[str, Any]) -> str:
 
 
 def _pack_result(event: dict[str, Any]) -> bytes:
+    error = event.get("error")
+    if isinstance(error, str):
+        event["error"] = _clean(error)[-_MAX_ERROR:]
     try:
         return wire.pack(wire.ATTEMPT_FINISHED, **event)
-    except (TypeError, ValueError) as exc:  # an output msgpack cannot carry
-        event.update(ok=False, output=None, retryable=False, reason=wire.FAIL_REJECTED,
+    except (TypeError, ValueError) as exc:  # an output (or log line) msgpack cannot carry
+        logs = [[t, s, _clean(line)] for t, s, line in event.get("logs") or ()]
+        event.update(ok=False, output=None, retryable=False, reason=wire.FAIL_REJECTED, logs=logs,
                      error=f"result cannot be encoded: {exc}")
         return wire.pack(wire.ATTEMPT_FINISHED, **event)
+
+
+def _clean(text: str) -> str:
+    """Text Postgres and msgpack accept: no NUL, no lone surrogates."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")

@@ -122,6 +122,7 @@ class Stack:
                     "max_result_bytes": cfg.agents.max_result_bytes,
                     "max_log_line_bytes": cfg.agents.max_log_line_bytes,
                     "max_log_lines": cfg.agents.max_log_lines,
+                    "max_log_bytes": cfg.agents.max_log_bytes,
                 },
             )
             await self.manager.start()
@@ -154,7 +155,7 @@ class Stack:
             ),
         )
         self.submitter = submission.Submitter(
-            self.store, self.queue, partitions=c.partitions, limits=cfg.limits, pools=frozenset(pool_cfgs)
+            self.store, self.queue, partitions=c.partitions, limits=cfg.limits, pools={name: p.capacity for name, p in pool_cfgs.items()}
         )
         await self.reconciler.sweep()  # adopt what a previous coordinator left behind
         self._jobs = [

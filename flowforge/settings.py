@@ -76,6 +76,7 @@ class AgentSettings(BaseModel):
     max_result_bytes: int = Field(1 << 20, ge=1024, description="Largest inline task result.")
     max_log_line_bytes: int = Field(8192, ge=128, description="Longer output lines are cut.")
     max_log_lines: int = Field(10_000, ge=1, description="Captured output lines per attempt.")
+    max_log_bytes: int = Field(1 << 20, ge=1024, description="Captured output bytes per attempt; the rest is dropped.")
 
 
 class LoggingSettings(BaseModel):

@@ -88,3 +88,22 @@ def crash_agent() -> None:
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def not_a_number() -> float:
+    return float("nan")
+
+
+def nul_output() -> str:
+    return "before\x00after"
+
+
+def nul_print() -> str:
+    print("a\x00b")
+    return "printed"
+
+
+def flood(lines: int, width: int) -> int:
+    for _ in range(lines):
+        print("y" * width)
+    return lines

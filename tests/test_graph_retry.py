@@ -147,3 +147,53 @@ def test_attempts_are_numbered_from_one_and_limit_counts_retries():
     policy = spec.RetryPolicy(limit=2)
     assert [retry.retries_left(policy, a) for a in (1, 2, 3)] == [True, True, False]
     assert retry.retries_left(spec.RetryPolicy(), 1) is False
+
+
+# ---- timers and scheduler bookkeeping -------------------------------------------------------
+
+from flowforge.engine import scheduling, timers  # noqa: E402
+
+
+def test_timers_arm_each_identity_once_and_moving_replaces():
+    t = timers.Timers()
+    t.arm(timers.Timer(5.0, "r", "a", 1, "retry"))
+    t.arm(timers.Timer(5.0, "r", "a", 1, "retry"))  # a reload re-arms the same timer
+    t.arm(timers.Timer(9.0, "r", "b", 1, "deadline"))
+    t.arm(timers.Timer(7.0, "r", "b", 1, "deadline"))  # moved earlier
+    assert len(t) == 2
+    assert [(x.key, x.at) for x in t.due(100.0, 10)] == [("a", 5.0), ("b", 7.0)]
+    assert t.next_at() is None and len(t) == 0
+
+
+def test_timers_of_forgotten_runs_do_not_fire():
+    t = timers.Timers()
+    t.arm(timers.Timer(1.0, "gone", "a", 1, "retry"))
+    t.arm(timers.Timer(2.0, "kept", "a", 1, "retry"))
+    t.disarm_runs({"gone"})
+    assert t.next_at() == 2.0
+    assert [x.run_id for x in t.due(10.0, 10)] == ["kept"]
+
+
+def test_heap_stays_bounded_when_timers_keep_moving():
+    t = timers.Timers()
+    for i in range(10_000):
+        t.arm(timers.Timer(float(i), "r", "a", 1, "deadline"))
+    assert len(t) == 1 and len(t._heap) < 2_100
+
+
+def _ready(run: str, key: str) -> scheduling.Ready:
+    return scheduling.Ready(run, 0, "t", key, 1, "p", {})
+
+
+def test_scheduler_knows_which_runs_have_work():
+    s = scheduling.Scheduler(lambda pool: 1, prefetch=0.0)
+    s.offer(_ready("r1", "a"))
+    s.offer(_ready("r2", "a"))
+    assert s.has_work("r1") and s.has_work("r2")
+    taken = list(s.take(lambda item: True))
+    assert [i.run_id for i in taken] == ["r1"]  # one slot
+    assert s.has_work("r1") and s.has_work("r2")  # in flight, and waiting
+    s.done("r1", "a")
+    assert not s.has_work("r1")
+    s.forget_runs({"r2"})
+    assert not s.has_work("r2") and s.depth() == {"p": 0}

@@ -99,3 +99,33 @@ def test_keys_of_a_partition_share_one_cluster_slot():
         assert tags == {f"p{part}"}
     assert all(keys.partition_of(f"run-{i}", 4) in range(4) for i in range(100))
     assert redis_streams.RedisQueue  # the coordinator side imports cleanly
+
+
+def test_events_handled_through_waits_for_read_and_acknowledged(r, redis_url):
+    import asyncio
+
+    client, part = r
+    stream = keys.events(part)
+
+    async def check() -> list[bool]:
+        q = redis_streams.RedisQueue.connect(redis_url)
+        try:
+            assert await q.events_handled_through(part, b"0-0")  # no stream yet: nothing to wait for
+            client.xgroup_create(stream, keys.COORDINATOR_GROUP, id="0", mkstream=True)
+            ids = [client.xadd(stream, {F: b"x"}) for _ in range(3)]
+            position = await q.events_position(part)
+            assert position == ids[-1]
+            seen = [await q.events_handled_through(part, position)]  # unread
+            client.xreadgroup(keys.COORDINATOR_GROUP, "c", {stream: ">"}, count=3)
+            seen.append(await q.events_handled_through(part, position))  # read, not acknowledged
+            client.xack(stream, keys.COORDINATOR_GROUP, *ids[:2])
+            seen.append(await q.events_handled_through(part, ids[1]))  # the first two are handled
+            seen.append(await q.events_handled_through(part, position))  # the third is not
+            client.xack(stream, keys.COORDINATOR_GROUP, ids[2])
+            client.xadd(stream, {F: b"later"})  # newer events do not matter
+            seen.append(await q.events_handled_through(part, position))
+            return seen
+        finally:
+            await q.close()
+
+    assert asyncio.run(check()) == [False, False, True, False, True]

@@ -29,6 +29,12 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
             raise
 
 
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class RedisQueue:
     """Implements ports.WorkQueue."""
 
@@ -148,6 +154,35 @@ class RedisQueue:
             if len(entries) < 1000:
                 return found
             start = "(" + entries[-1][0].decode()
+
+    async def events_position(self, partition: int) -> bytes:
+        """The id of the newest entry ever added to the partition's event stream."""
+        try:
+            info = await self.client.xinfo_stream(keys.events(partition))
+        except rexc.ResponseError:  # no such stream
+            return b"0-0"
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+        return info["last-generated-id"]
+
+    async def events_handled_through(self, partition: int, position: bytes) -> bool:
+        """Whether the coordinators have read and acknowledged every event up to `position`."""
+        stream = keys.events(partition)
+        try:
+            groups = await self.client.xinfo_groups(stream)
+            group = next((g for g in groups if g["name"] == keys.COORDINATOR_GROUP.encode()), None)
+            if group is None:
+                return True  # the stream was lost: nothing is left to handle
+            if _stream_id(group["last-delivered-id"]) < _stream_id(position):
+                return False
+            if not group["pending"]:
+                return True
+            summary = await self.client.xpending(stream, keys.COORDINATOR_GROUP)
+        except rexc.ResponseError:
+            return True
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+        return summary["min"] is None or _stream_id(summary["min"]) > _stream_id(position)
 
     async def check_epoch(self) -> bool:
         current = await self.client.get(keys.EPOCH)

@@ -245,9 +245,10 @@ def _finished(step: _Step, ev: Finished) -> None:
         AttemptChanged(ev.key, ev.attempt, "failed", error=ev.error, reason=ev.reason, **closed)
     )
     policy = step.run.dag.tasks[task.name].retries
-    if ev.retryable and retry.retries_left(policy, task.attempt):
+    tried = task.attempt - task.retry_base  # attempts of this budget, this one included
+    if ev.retryable and retry.retries_left(policy, tried):
         seed = f"{step.run.run_id}/{task.key}/{task.attempt}"
-        at = step.now + retry.backoff_seconds(policy, task.attempt, seed=seed)
+        at = step.now + retry.backoff_seconds(policy, tried, seed=seed)
         step.set(task, status=S.RETRYING, error=ev.error, timer=TIMER_RETRY, timer_at=at)
         step.effects.append(ArmTimer(task.key, task.attempt, TIMER_RETRY, at))
     else:
@@ -285,6 +286,8 @@ def _cancel(step: _Step) -> None:
         if task.terminal:
             continue
         if task.status == S.RUNNING and task.attempt > 0:
+            if task.timer == TIMER_CANCEL:
+                continue  # already asked to stop; keep the first deadline
             at = step.now + step.config.cancel_grace
             step.effects.append(StopAttempt(task.key, task.attempt))
             step.set(task, timer=TIMER_CANCEL, timer_at=at)
@@ -316,10 +319,10 @@ def _retry(step: _Step) -> None:
         if task.instances:
             for inst in run.instances(name):
                 if inst.status in again:
-                    _queue(step, inst)
+                    _queue(step, step.set(inst, retry_base=inst.attempt))
             step.set(task, status=S.RUNNING, error=None, finished_at=None)
         else:
-            step.set(task, status=S.PENDING, error=None, finished_at=None)
+            step.set(task, status=S.PENDING, error=None, finished_at=None, retry_base=task.attempt)
             step.to_settle.append(name)
 
 

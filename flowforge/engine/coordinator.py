@@ -131,7 +131,45 @@ class Coordinator:
         events.extend(
             (t.run_id, machine.TimerDue(t.key, t.attempt, t.kind)) for t in due if t.run_id in self.runs
         )
-        await self.handle_events(events, deliveries, now)
+        try:
+            await self.handle_events(events, deliveries, now)
+        except errors.TemporaryError:
+            raise
+        except Exception as exc:
+            # Something in this batch cannot be stored (a bug, or data Postgres refuses). Find
+            # it by handling the events one by one, so one bad event cannot stall a partition.
+            log.warning("coordinator.batch_failed", events=len(events), error=repr(exc))
+            await self._one_by_one(deliveries, due, now)
+
+    async def _one_by_one(
+        self, deliveries: Sequence[ports.Delivery], due: Sequence[timers.Timer], now: float
+    ) -> None:
+        singles: list[tuple[tuple[str, machine.Event] | None, ports.Delivery | None]] = [
+            (_event(d.envelope), d) for d in deliveries
+        ]
+        singles += [((t.run_id, machine.TimerDue(t.key, t.attempt, t.kind)), None) for t in due]
+        for parsed, delivery in singles:
+            acks = [delivery] if delivery is not None else []
+            try:
+                await self.handle_events([parsed] if parsed else [], acks, now)
+                continue
+            except errors.TemporaryError:
+                raise
+            except Exception as exc:
+                error = repr(exc)
+            substitute = _substitute(parsed, error) if parsed else None
+            log.error("coordinator.poison_event", run=parsed[0] if parsed else None, error=error,
+                      substituted=substitute is not None)
+            try:
+                if substitute is not None:
+                    await self.handle_events([substitute], acks, now)
+                    continue
+            except errors.TemporaryError:
+                raise
+            except Exception:
+                log.exception("coordinator.poison_event_dropped", run=parsed[0] if parsed else None)
+            if acks:  # drop it: acknowledged without effect, so it is not read again
+                await self.queue.commit((), (), acks)
 
     async def handle_events(
         self,
@@ -159,7 +197,11 @@ class Coordinator:
             dispatches = self._schedule(cyc)
             t1 = time.perf_counter()
             self.timing["decide"] += t1 - t0
-            missed = await self.store.apply(cyc.batch)
+            try:
+                missed = await self.store.apply(cyc.batch)
+            except BaseException:
+                self._forget(cyc.touched)  # our copies ran ahead of Postgres; reload them
+                raise
             t2 = time.perf_counter()
             self.timing["write"] += t2 - t1
             if not missed:
@@ -169,13 +211,34 @@ class Coordinator:
             log.info("coordinator.cas_conflict", runs=len(missed), retry=attempt == 0)
             self._forget(cyc.touched)
         else:
-            return  # leave the events unacknowledged; they are read again
+            # Still conflicting: leave the events unacknowledged and read them again.
+            reset = getattr(self.queue, "reset", None)
+            if reset is not None:
+                reset()
+            return
         for t in cyc.timers:
             self.timers.arm(t)
         await self.queue.commit(dispatches, cyc.stops, deliveries)
         self.timing["publish"] += time.perf_counter() - t2
         ended = {r for r, _ in events if (e := self.runs.get(r)) is not None and e[0].status in RUN_TERMINAL}
         self._forget(ended)
+        self._evict(cyc.touched)
+
+    def _evict(self, recent: set[str]) -> None:
+        """Keep the cache bounded, dropping the runs least recently touched. A dropped run is
+        reloaded from Postgres on its next event. Runs with work waiting or in flight stay."""
+        for run_id in recent:
+            if run_id in self.runs:
+                self.runs.move_to_end(run_id)
+        excess = len(self.runs) - self.options.max_cached_runs
+        if excess > 0:
+            oldest = []
+            for run_id in self.runs:
+                if len(oldest) == excess:
+                    break
+                if not self.scheduler.has_work(run_id):
+                    oldest.append(run_id)
+            self._forget(set(oldest))
 
     async def _dispatch_only(self, now: float) -> None:
         """Free slots may have opened without events of ours (another partition's work ended)."""
@@ -271,9 +334,6 @@ class Coordinator:
         """Hold a run loaded from Postgres: re-arm its timers, re-queue what was never dispatched."""
         run = lr.run
         self.runs[run.run_id] = (run, lr.partition)
-        while len(self.runs) > self.options.max_cached_runs:
-            oldest = next(iter(self.runs))
-            self._forget({oldest})
         for task in run.tasks.values():
             if task.timer is not None and task.timer_at is not None:
                 self.timers.arm(timers.Timer(task.timer_at, run.run_id, task.key, task.attempt, task.timer))
@@ -295,6 +355,7 @@ class Coordinator:
         for run_id in run_ids:
             self.runs.pop(run_id, None)
         self.scheduler.forget_runs(set(run_ids))
+        self.timers.disarm_runs(run_ids)
 
     def held(self, run_id: str) -> Run | None:
         entry = self.runs.get(run_id)
@@ -366,6 +427,19 @@ def _event(env: dict[str, Any]) -> tuple[str, machine.Event] | None:
                 )
     except (KeyError, TypeError, ValueError):
         return None
+    return None
+
+
+def _substitute(parsed: tuple[str, machine.Event], error: str) -> tuple[str, machine.Event] | None:
+    """What to apply instead of an event that cannot be stored: a result becomes a failure
+    naming the problem (not retried: the same code would return the same result)."""
+    run_id, ev = parsed
+    if isinstance(ev, machine.Finished):
+        return run_id, machine.Finished(
+            key=ev.key, attempt=ev.attempt, ok=False, reason=wire.FAIL_REJECTED, retryable=False,
+            error=f"the attempt's result could not be stored: {error[:2000]}",
+            started_at=ev.started_at, finished_at=ev.finished_at, agent=ev.agent,
+        )
     return None
 
 

@@ -1,11 +1,12 @@
 """The reconciler: a slow sweep that repairs whatever Redis lost, from Postgres.
 
 Postgres is the truth; Redis may lose writes (a flush, a failover). Each sweep:
-1. publishes outbox events whose fast-path publish never happened;
+1. publishes outbox events whose fast-path publish never happened, and deletes old published ones;
 2. adopts active runs of our partitions that the coordinator does not hold (a lost
    `run_created`, a coordinator restart) and settles them;
 3. dispatches again attempts that are in flight in Postgres but absent from their pool stream
-   for longer than `redispatch_after` (at-least-once: a duplicate result changes nothing);
+   for longer than `redispatch_after`, once every event that could hold their result has been
+   handled (at-least-once: a duplicate result changes nothing);
 4. trims streams down to their unacknowledged entries.
 When Redis's epoch token vanished (its data is gone), step 3 runs at once for everything.
 """
@@ -30,7 +31,8 @@ log = structlog.get_logger("flowforge.reconciler")
 class Options:
     interval_s: float = 10.0
     redispatch_after_s: float = 15.0
-    outbox_age_s: float = 2.0
+    outbox_age_s: float = 2.0  # relay events the fast path has not published after this
+    outbox_keep_s: float = 3600.0  # delete published events after this
 
 
 class Reconciler:
@@ -38,7 +40,8 @@ class Reconciler:
         self.coord = coord
         self.pools = list(pools)
         self.options = options
-        self._missing_since: dict[tuple[str, str, int], float] = {}
+        # attempt -> (when first missed from its pool stream, the event stream's position then)
+        self._missing_since: dict[tuple[str, str, int], tuple[float, bytes]] = {}
         self.sweeps = 0
 
     async def run_forever(self, stopping: asyncio.Event) -> None:
@@ -62,6 +65,7 @@ class Reconciler:
             log.warning("reconciler.redis_lost_data", action="rebuilding streams from postgres")
             await c.queue.ensure_groups(parts, self.pools)
         await self._relay_outbox()
+        await c.store.purge_outbox(parts, self.options.outbox_keep_s)
         await self._adopt_orphans(parts)
         for p in parts:
             await c.queue.trim(p, self.pools)
@@ -70,8 +74,7 @@ class Reconciler:
 
     async def _relay_outbox(self) -> None:
         c = self.coord
-        entries = await c.store.unpublished(self.options.outbox_age_s, 1000)
-        mine = [e for e in entries if e.partition in c.options.partitions]
+        mine = await c.store.unpublished(c.options.partitions, self.options.outbox_age_s, 1000)
         if mine:
             await c.queue.publish_events([(e.partition, e.payload) for e in mine])
             await c.store.mark_published([e.id for e in mine])
@@ -94,6 +97,10 @@ class Reconciler:
             await self._redispatch_locked(parts, immediately=immediately)
 
     async def _redispatch_locked(self, parts: Sequence[int], *, immediately: bool) -> None:
+        """An attempt in flight whose entry is gone from its pool stream either finished (its
+        result waits in the event stream) or was lost with Redis's data. It counts as lost only
+        once the coordinator has handled every event that existed when the entry was first
+        missed, and the attempt is still in flight: a slow coordinator causes no duplicates."""
         c = self.coord
         now = c.clock.now()
         oldest = c.scheduler.oldest_inflight()
@@ -104,8 +111,10 @@ class Reconciler:
         for p in parts:
             for pool in self.pools:
                 present |= await c.queue.attempts_in_stream(p, pool)
+        positions: dict[int, bytes] = {}  # read after the scan: later than any result of a missing entry
+        handled: dict[int, bool] = {}
         lost: list[tuple[int, str, bytes]] = []
-        still_missing = {}
+        still_missing: dict[tuple[str, str, int], tuple[float, bytes]] = {}
         for (run_id, key), pool in c.scheduler.inflight().items():
             entry = c.runs.get(run_id)
             if entry is None:
@@ -117,11 +126,22 @@ class Reconciler:
             ident = (run_id, key, task.attempt)
             if ident in present:
                 continue
-            first = self._missing_since.get(ident, now)
-            still_missing[ident] = first
-            if immediately or now - first >= self.options.redispatch_after_s:
-                lost.append((partition, pool, _envelope(run, partition, task, now)))
-                still_missing.pop(ident)
+            seen = self._missing_since.get(ident)
+            if seen is None:
+                if partition not in positions:
+                    positions[partition] = await c.queue.events_position(partition)
+                seen = (now, positions[partition])
+            first, position = seen
+            if not immediately:
+                if now - first < self.options.redispatch_after_s:
+                    still_missing[ident] = seen
+                    continue
+                if partition not in handled:
+                    handled[partition] = await c.queue.events_handled_through(partition, position)
+                if not handled[partition]:
+                    still_missing[ident] = seen  # its result may be among the unhandled events
+                    continue
+            lost.append((partition, pool, _envelope(run, partition, task, now)))
         self._missing_since = still_missing
         if lost:
             log.warning("reconciler.redispatching", attempts=len(lost))

@@ -30,9 +30,22 @@ class Scheduler:
         self._inflight: dict[tuple[str, str], str] = {}  # (run, key) -> pool
         self._since: dict[tuple[str, str], float] = {}  # (run, key) -> when it went in flight
         self._busy: dict[str, int] = {}
+        self._held: dict[str, int] = {}  # run -> its attempts waiting here or in flight
 
     def offer(self, item: Ready) -> None:
         self._ready.setdefault(item.pool, deque()).append(item)
+        self._hold(item.run_id, +1)
+
+    def _hold(self, run_id: str, n: int) -> None:
+        left = self._held.get(run_id, 0) + n
+        if left > 0:
+            self._held[run_id] = left
+        else:
+            self._held.pop(run_id, None)
+
+    def has_work(self, run_id: str) -> bool:
+        """Whether the run has attempts waiting for a slot or in flight."""
+        return run_id in self._held
 
     def free(self, pool: str) -> int:
         slots = self._capacity(pool)
@@ -44,6 +57,7 @@ class Scheduler:
             free = self.free(pool)
             while queue and free > 0:
                 item = queue.popleft()
+                self._hold(item.run_id, -1)
                 if not still_wanted(item):
                     continue
                 self.mark_inflight(item.run_id, item.key, pool, now)
@@ -55,6 +69,7 @@ class Scheduler:
             self._inflight[(run_id, key)] = pool
             self._since[(run_id, key)] = since
             self._busy[pool] = self._busy.get(pool, 0) + 1
+            self._hold(run_id, +1)
 
     def oldest_inflight(self) -> float | None:
         return min(self._since.values(), default=None)
@@ -64,12 +79,19 @@ class Scheduler:
         pool = self._inflight.pop((run_id, key), None)
         if pool is not None:
             self._busy[pool] -= 1
+            self._hold(run_id, -1)
 
     def forget_runs(self, run_ids: set[str]) -> None:
+        run_ids = {r for r in run_ids if r in self._held}
+        if not run_ids:
+            return
         for (run_id, key) in [k for k in self._inflight if k[0] in run_ids]:
             self.done(run_id, key)
         for pool, queue in self._ready.items():
-            self._ready[pool] = deque(i for i in queue if i.run_id not in run_ids)
+            if any(i.run_id in run_ids for i in queue):
+                self._ready[pool] = deque(i for i in queue if i.run_id not in run_ids)
+        for run_id in run_ids:
+            self._held.pop(run_id, None)
 
     def inflight(self) -> dict[tuple[str, str], str]:
         return dict(self._inflight)

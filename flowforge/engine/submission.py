@@ -34,27 +34,37 @@ class Submitter:
         *,
         partitions: int,
         limits: spec.Limits = spec.Limits(),
-        pools: frozenset[str] | None = None,
+        pools: Mapping[str, int] | None = None,
+        heavy: bool = False,
     ) -> None:
         self.store = store
         self.queue = queue
         self.partitions = partitions
         self.limits = limits
-        self.pools = pools
+        self.pools = pools  # pool name -> slots; None accepts any pool
+        self.heavy = heavy  # whether heavy tasks have a Pod runtime to run on
 
     def validate(self, dag: Any, params: Mapping[str, Any] | None = None) -> tuple[spec.DagSpec, dict[str, Any]]:
         """Parse and check a DAG and its params; raises validation.SpecError with every problem."""
         parsed = dag if isinstance(dag, spec.DagSpec) else validation.parse_dag(dag, self.limits)
         problems = []
-        if self.pools is not None:
-            for i, t in enumerate(parsed.tasks):
-                if t.executor == "light" and t.pool not in self.pools:
-                    problems.append(
-                        validation.Problem(
-                            f"tasks[{i}].pool", f"unknown pool '{t.pool}'",
-                            f"use one of: {', '.join(sorted(self.pools))}, or add pool-config/{t.pool}.yaml",
-                        )
-                    )
+        for i, t in enumerate(parsed.tasks):
+            if t.executor == "heavy" and not self.heavy:
+                problems.append(validation.Problem(
+                    f"tasks[{i}].executor", "executor 'heavy' needs the Pod runtime, which is not enabled here",
+                    "use executor: light (or auto) to run on the warm agents",
+                ))
+            elif t.executor != "heavy" and self.pools is not None:
+                if t.pool not in self.pools:
+                    problems.append(validation.Problem(
+                        f"tasks[{i}].pool", f"unknown pool '{t.pool}'",
+                        f"use one of: {', '.join(sorted(self.pools))}, or add pool-config/{t.pool}.yaml",
+                    ))
+                elif self.pools[t.pool] <= 0:
+                    problems.append(validation.Problem(
+                        f"tasks[{i}].pool", f"pool '{t.pool}' has no agents, so the task would never run",
+                        f"set agents above 0 in pool-config/{t.pool}.yaml, or use another pool",
+                    ))
         try:
             merged = validation.merge_params(parsed, params or {}, self.limits)
         except validation.SpecError as exc:
@@ -85,15 +95,24 @@ class Submitter:
         return run_id
 
     async def cancel(self, run_id: str, *, tenant: str = "default") -> None:
-        await self._command(run_id, tenant, wire.RUN_CANCEL, cancel=True)
+        """Ask a pending or running run to stop. NotFound, or Conflict if it already ended."""
+        await self._command(run_id, tenant, wire.RUN_CANCEL, ("pending", "running"), cancel=True)
 
     async def retry(self, run_id: str, *, tenant: str = "default") -> None:
-        await self._command(run_id, tenant, wire.RUN_RETRY)
+        """Run a failed or cancelled run's unfinished tasks again. NotFound, or Conflict."""
+        await self._command(run_id, tenant, wire.RUN_RETRY, ("failed", "cancelled"))
 
-    async def _command(self, run_id: str, tenant: str, kind: str, *, cancel: bool = False) -> None:
+    async def _command(self, run_id: str, tenant: str, kind: str, allowed: tuple[str, ...], *,
+                       cancel: bool = False) -> None:
+        try:
+            uuid.UUID(run_id)
+        except ValueError:
+            raise errors.NotFound(f"run {run_id} not found") from None
         partition = keys.partition_of(run_id, self.partitions)
         event = wire.pack(kind, run=run_id, tenant=tenant)
-        outbox_id = await self.store.add_event(tenant, partition, event, run_id=run_id, cancel=cancel)
+        outbox_id = await self.store.add_event(
+            tenant, partition, event, run_id=run_id, allowed=allowed, cancel=cancel
+        )
         await self._publish(partition, event, outbox_id)
 
     async def _publish(self, partition: int, event: bytes, outbox_id: int) -> None:

@@ -20,19 +20,19 @@ from flowforge.domain.states import RunStatus, TaskStatus
 
 _TASK_COLS = (
     "run_id uuid, key text, tenant_id text, name text, map_index int, before_status text, "
-    "before_attempt int, status text, attempt int, executor text, pool text, output jsonb, "
+    "before_attempt int, status text, attempt int, retry_base int, executor text, pool text, output jsonb, "
     "error text, timer text, timer_at float8, instances int, queued_at float8, started_at float8, "
     "finished_at float8"
 )
 _TASK_SET = """
-  status = u.status, attempt = u.attempt, output = u.output, error = u.error, timer = u.timer,
+  status = u.status, attempt = u.attempt, retry_base = u.retry_base, output = u.output, error = u.error, timer = u.timer,
   timer_at = to_timestamp(u.timer_at), instances = u.instances,
   queued_at = to_timestamp(u.queued_at), started_at = to_timestamp(u.started_at),
   finished_at = to_timestamp(u.finished_at)"""
 _INSERT_TASKS_SQL = f"""
-INSERT INTO tasks (run_id, key, tenant_id, name, map_index, status, attempt, executor, pool, output,
+INSERT INTO tasks (run_id, key, tenant_id, name, map_index, status, attempt, retry_base, executor, pool, output,
   error, timer, timer_at, instances, queued_at, started_at, finished_at)
-SELECT u.run_id, u.key, u.tenant_id, u.name, u.map_index, u.status, u.attempt, u.executor, u.pool,
+SELECT u.run_id, u.key, u.tenant_id, u.name, u.map_index, u.status, u.attempt, u.retry_base, u.executor, u.pool,
   u.output, u.error, u.timer, to_timestamp(u.timer_at), u.instances, to_timestamp(u.queued_at),
   to_timestamp(u.started_at), to_timestamp(u.finished_at)
 FROM jsonb_to_recordset(CAST(:new_tasks AS jsonb)) AS u({_TASK_COLS})
@@ -53,7 +53,10 @@ upd AS (
 ),
 ins AS ({_INSERT_TASKS_SQL}),
 run AS (
-  UPDATE runs AS r SET status = u.status, error = u.error, cancel_requested = u.cancel_requested,
+  UPDATE runs AS r SET status = u.status, error = u.error,
+    -- a cancel recorded by the API since we loaded the run survives until its event arrives
+    cancel_requested = u.cancel_requested OR (r.cancel_requested AND u.before_status IN ('pending', 'running')
+                                              AND u.status IN ('pending', 'running')),
     started_at = CASE WHEN u.status = 'running' THEN COALESCE(r.started_at, to_timestamp(u.at))
                       ELSE r.started_at END,
     finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN to_timestamp(u.at)
@@ -98,7 +101,7 @@ _LOAD_TASKS = sa.text("""
 SELECT t.run_id::text, t.key, t.name, t.map_index, t.status, t.attempt, t.output, t.error, t.timer,
   extract(epoch FROM t.timer_at), t.instances, extract(epoch FROM t.queued_at),
   extract(epoch FROM t.started_at), extract(epoch FROM t.finished_at),
-  extract(epoch FROM a.dispatched_at)
+  extract(epoch FROM a.dispatched_at), t.retry_base
 FROM tasks t LEFT JOIN attempts a
   ON a.run_id = t.run_id AND a.task_key = t.key AND a.number = t.attempt
 WHERE t.run_id = ANY(CAST(:ids AS uuid[]))
@@ -150,7 +153,7 @@ class PostgresStore:
             row = {
                 "run_id": w.run_id, "key": t.key, "tenant_id": w.tenant, "name": t.name,
                 "map_index": t.map_index, "before_status": w.before, "before_attempt": w.before_attempt,
-                "status": t.status, "attempt": t.attempt, "executor": w.executor, "pool": w.pool,
+                "status": t.status, "attempt": t.attempt, "retry_base": t.retry_base, "executor": w.executor, "pool": w.pool,
                 "output": t.output, "error": t.error, "timer": t.timer, "timer_at": t.timer_at,
                 "instances": t.instances, "queued_at": t.queued_at, "started_at": t.started_at,
                 "finished_at": t.finished_at,
@@ -248,7 +251,7 @@ class PostgresStore:
                 t = model.Task(
                     key=r[1], name=r[2], map_index=r[3], status=TaskStatus(r[4]), attempt=r[5],
                     output=r[6], error=r[7], timer=r[8], timer_at=_f(r[9]), instances=r[10],
-                    queued_at=_f(r[11]), started_at=_f(r[12]), finished_at=_f(r[13]),
+                    queued_at=_f(r[11]), started_at=_f(r[12]), finished_at=_f(r[13]), retry_base=r[15],
                 )
                 restored.append(t)
                 if t.status in (TaskStatus.QUEUED, TaskStatus.RUNNING) and t.attempt:
@@ -271,13 +274,14 @@ class PostgresStore:
         async with self.engine.connect() as conn:
             return list((await conn.execute(q, {"parts": list(partitions)})).scalars())
 
-    async def unpublished(self, older_than_s: float, limit: int) -> list[ports.OutboxEntry]:
+    async def unpublished(self, partitions: Sequence[int], older_than_s: float, limit: int) -> list[ports.OutboxEntry]:
         q = sa.text(
             "SELECT id, partition, payload FROM outbox WHERE published_at IS NULL "
-            "AND created_at < now() - make_interval(secs => :age) ORDER BY id LIMIT :limit"
+            "AND created_at < now() - make_interval(secs => :age) AND partition = ANY(:parts) "
+            "ORDER BY id LIMIT :limit"
         )
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(q, {"age": older_than_s, "limit": limit})).all()
+            rows = (await conn.execute(q, {"age": older_than_s, "limit": limit, "parts": list(partitions)})).all()
         return [ports.OutboxEntry(r[0], r[1], bytes(r[2])) for r in rows]
 
     async def mark_published(self, ids: Sequence[int]) -> None:
@@ -288,14 +292,17 @@ class PostgresStore:
                 sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"), {"ids": list(ids)}
             )
 
-    async def purge_outbox(self, older_than_s: float) -> None:
+    async def purge_outbox(self, partitions: Sequence[int], older_than_s: float) -> int:
+        """Delete events published more than `older_than_s` ago; return how many."""
         async with self.engine.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 sa.text(
-                    "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => :age)"
+                    "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => :age) "
+                    "AND partition = ANY(:parts)"
                 ),
-                {"age": older_than_s},
+                {"age": older_than_s, "parts": list(partitions)},
             )
+            return result.rowcount
 
     # ---- submission ----------------------------------------------------------------------
 
@@ -353,7 +360,7 @@ class PostgresStore:
         tasks = [
             {
                 "run_id": run_id, "key": t.name, "tenant_id": tenant, "name": t.name, "map_index": None,
-                "before_status": None, "before_attempt": 0, "status": "pending", "attempt": 0,
+                "before_status": None, "before_attempt": 0, "status": "pending", "attempt": 0, "retry_base": 0,
                 "executor": t.executor, "pool": t.pool, "output": None, "error": None, "timer": None,
                 "timer_at": None, "instances": None, "queued_at": None, "started_at": None,
                 "finished_at": None,
@@ -380,15 +387,26 @@ class PostgresStore:
                 )
             ).scalar_one()
 
-    async def add_event(self, tenant: str, partition: int, event: bytes, *, run_id: str | None = None,
-                        cancel: bool = False) -> int:
-        """Record an event for the coordinator (cancel, retry) in the outbox; return its id."""
+    async def add_event(self, tenant: str, partition: int, event: bytes, *, run_id: str,
+                        allowed: Sequence[str], cancel: bool = False) -> int:
+        """Record a run command (cancel, retry) in the outbox; return the outbox id.
+
+        Raises NotFound when the tenant has no such run, and Conflict when the run's status is
+        not one of `allowed` (cancelling a finished run, retrying a running one)."""
         async with self.engine.begin() as conn:
-            if cancel and run_id:
+            status = (
                 await conn.execute(
-                    sa.text("UPDATE runs SET cancel_requested = true WHERE id = :id AND tenant_id = :t "
-                            "AND status IN ('pending', 'running')"),
+                    sa.text("SELECT status FROM runs WHERE id = CAST(:id AS uuid) AND tenant_id = :t FOR UPDATE"),
                     {"id": run_id, "t": tenant},
+                )
+            ).scalar()
+            if status is None:
+                raise errors.NotFound(f"run {run_id} not found")
+            if status not in allowed:
+                raise errors.Conflict(f"run {run_id} is {status}; this needs a run that is {' or '.join(allowed)}")
+            if cancel:
+                await conn.execute(
+                    sa.text("UPDATE runs SET cancel_requested = true WHERE id = CAST(:id AS uuid)"), {"id": run_id}
                 )
             return (
                 await conn.execute(

@@ -89,6 +89,7 @@ class Task(Base):
     map_index: Mapped[int | None] = mapped_column(sa.Integer)
     status: Mapped[str] = mapped_column(sa.String(16))
     attempt: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    retry_base: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     executor: Mapped[str] = mapped_column(sa.String(8))
     pool: Mapped[str] = mapped_column(sa.String(64))
     output: Mapped[object | None] = mapped_column(JSONB(none_as_null=True))
