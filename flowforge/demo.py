@@ -49,7 +49,7 @@ def run_demo(root: Path, console: Console | None = None) -> bool:
     try:
         bg.start()
         console.print(f"stack ready in {time.monotonic() - t0:.1f}s; submitting {len(examples(root))} example DAGs")
-        bg.call(bg.stack.store.ensure_tenant("default"))
+        bg.call(bg.stack.catalog.ensure_tenant("default"))
         runs = {}
         for name, dag in examples(root):
             runs[name] = bg.call(bg.stack.submitter.submit(dag))
@@ -68,7 +68,7 @@ def _follow(bg: runtime.BackgroundStack, runs: dict[str, str], console: Console)
         while True:
             for name, run_id in runs.items():
                 if state.get(name, {}).get("status") not in TERMINAL:
-                    state[name] = bg.call(bg.stack.store.get_run(run_id, "default"))
+                    state[name] = bg.call(bg.stack.catalog.get_run(run_id, "default"))
             live.update(_progress(state))
             if all(r["status"] in TERMINAL for r in state.values()) or time.monotonic() > deadline:
                 return state

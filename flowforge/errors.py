@@ -24,6 +24,16 @@ class NotFound(PermanentError):
     pass
 
 
+class InvalidInput(PermanentError):
+    """A request value that is wrong on its own: names the field and how to fix it."""
+
+    def __init__(self, field: str, message: str, hint: str | None = None) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.hint = hint
+
+
 class Conflict(PermanentError):
     pass
 

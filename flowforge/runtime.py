@@ -18,7 +18,7 @@ import structlog
 
 from flowforge import embedded, errors, settings as settings_mod
 from flowforge.backends import redis_streams
-from flowforge.backends.postgres import migrate, store as pg_store
+from flowforge.backends.postgres import catalog, migrate, store as pg_store
 from flowforge.domain import machine
 from flowforge.engine import coordinator as coordinating
 from flowforge.engine import reconciler as reconciling
@@ -86,6 +86,7 @@ class Stack:
         self.services = services
         self.with_agents = with_agents
         self.store: pg_store.PostgresStore | None = None
+        self.catalog: catalog.Catalog | None = None
         self.queue: redis_streams.RedisQueue | None = None
         self.manager: Any = None
         self.coordinator: coordinating.Coordinator | None = None
@@ -101,6 +102,7 @@ class Stack:
         cfg = self.cfg
         await asyncio.to_thread(migrate.upgrade, self.services.database_url)
         self.store = pg_store.PostgresStore.connect(self.services.database_url, pool_size=cfg.database.pool_size)
+        self.catalog = catalog.Catalog(self.store.engine)
         self.queue = redis_streams.RedisQueue.connect(self.services.redis_url)
         await self.queue.ping()
         pool_cfgs = pooling.load_dir(Path(cfg.agents.pool_config_dir))
@@ -155,7 +157,8 @@ class Stack:
             ),
         )
         self.submitter = submission.Submitter(
-            self.store, self.queue, partitions=c.partitions, limits=cfg.limits, pools={name: p.capacity for name, p in pool_cfgs.items()}
+            self.store, self.catalog, self.queue, partitions=c.partitions, limits=cfg.limits,
+            pools={name: p.capacity for name, p in pool_cfgs.items()},
         )
         await self.reconciler.sweep()  # adopt what a previous coordinator left behind
         self._jobs = [

@@ -132,7 +132,7 @@ class Client:
         self.bg.call(self.bg.stack.submitter.retry(run_id))
 
     def get(self, run_id: str) -> dict:
-        run = self.bg.call(self.bg.stack.store.get_run(run_id, "default"))
+        run = self.bg.call(self.bg.stack.catalog.get_run(run_id, "default"))
         assert run is not None, run_id
         return run
 
@@ -155,5 +155,5 @@ class Client:
 @pytest.fixture(scope="session")
 def client(stack: BackgroundStack) -> Client:
     bg = stack
-    bg.call(bg.stack.store.ensure_tenant("default"))
+    bg.call(bg.stack.catalog.ensure_tenant("default"))
     return Client(bg)

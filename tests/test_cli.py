@@ -17,7 +17,7 @@ import pytest
 
 from flowforge import keys
 from flowforge.backends import redis_streams
-from flowforge.backends.postgres import admin, store as pg_store
+from flowforge.backends.postgres import admin, catalog, store as pg_store
 from flowforge.engine import submission
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +70,9 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
             store = pg_store.PostgresStore.connect(fresh_db)
             queue = redis_streams.RedisQueue.connect(other_redis)
             try:
-                await store.ensure_tenant("default")
-                sub = submission.Submitter(store, queue, partitions=2)
+                cat = catalog.Catalog(store.engine)
+                await cat.ensure_tenant("default")
+                sub = submission.Submitter(store, cat, queue, partitions=2)
                 run_ids: list[str] = []
                 while len(run_ids) < 6 or len({keys.partition_of(r, 2) for r in run_ids}) < 2:
                     run_ids.append(await sub.submit({"name": "cli", "tasks": [
@@ -79,7 +80,7 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
                 runs = []
                 for run_id in run_ids:
                     for _ in range(600):
-                        run = await store.get_run(run_id, "default")
+                        run = await cat.get_run(run_id, "default")
                         if run["status"] in ("succeeded", "failed", "cancelled"):
                             break
                         await asyncio.sleep(0.05)

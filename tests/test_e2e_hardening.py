@@ -78,7 +78,7 @@ def test_tasks_that_could_never_run_are_refused_at_submission():
     from flowforge.domain import validation
     from flowforge.engine.submission import Submitter
 
-    sub = Submitter(None, None, partitions=1, pools={"default": 8, "empty": 0})  # type: ignore[arg-type]
+    sub = Submitter(None, None, None, partitions=1, pools={"default": 8, "empty": 0})  # type: ignore[arg-type]
     dag = {"name": "never", "tasks": [
         {"name": "big", "fn": "m:f", "executor": "heavy"},
         {"name": "idle", "fn": "m:f", "pool": "empty"},

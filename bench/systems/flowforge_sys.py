@@ -27,7 +27,7 @@ from bench.stats import chain_scenario  # noqa: E402
 from flowforge import embedded  # noqa: E402
 from flowforge.backends import redis_streams  # noqa: E402
 from flowforge.backends.postgres import admin as pg_admin  # noqa: E402
-from flowforge.backends.postgres import store as pg_store  # noqa: E402
+from flowforge.backends.postgres import catalog, store as pg_store  # noqa: E402
 from flowforge.engine import submission  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,9 +101,10 @@ def setup() -> None:
     loop = asyncio.new_event_loop()
     store = pg_store.PostgresStore.connect(db_url)
     queue = redis_streams.RedisQueue.connect(redis_url)
-    loop.run_until_complete(store.ensure_tenant("default"))
-    _state.update(loop=loop, store=store, queue=queue, db_url=db_url,
-                  submitter=submission.Submitter(store, queue, partitions=1),
+    cat = catalog.Catalog(store.engine)
+    loop.run_until_complete(cat.ensure_tenant("default"))
+    _state.update(loop=loop, store=store, catalog=cat, queue=queue, db_url=db_url,
+                  submitter=submission.Submitter(store, cat, queue, partitions=1),
                   poll=psycopg.connect(db_url, autocommit=True))
 
 
@@ -142,7 +143,7 @@ def _run(dag: dict, params: dict | None = None, timeout: float = 600) -> tuple[d
             raise TimeoutError(f"run {run_id} still {s}")
         time.sleep(0.02)
     elapsed = time.perf_counter() - t0
-    run = loop.run_until_complete(_state["store"].get_run(run_id, "default"))
+    run = loop.run_until_complete(_state["catalog"].get_run(run_id, "default"))
     if run["status"] != "succeeded":
         raise RuntimeError(f"benchmark run ended {run['status']}: {run['error']}")
     return run, elapsed

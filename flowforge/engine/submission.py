@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -17,8 +18,6 @@ log = structlog.get_logger("flowforge.submission")
 
 
 class SubmitStore(Protocol):
-    async def put_dag(self, tenant: str, project: str, dag: spec.DagSpec) -> tuple[str, int]: ...
-
     async def create_run(self, **kwargs: Any) -> int: ...
 
     async def add_event(self, tenant: str, partition: int, event: bytes, **kwargs: Any) -> int: ...
@@ -26,10 +25,24 @@ class SubmitStore(Protocol):
     async def mark_published(self, ids: list[int]) -> None: ...
 
 
+class DagVersions(Protocol):
+    async def put_version(self, tenant: str, project: str, dag: spec.DagSpec, *, template: bool) -> Any: ...
+
+    async def get_template(self, tenant: str, project: str, name: str, version: int | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Submitted:
+    run_id: str
+    dag: str
+    version: int
+
+
 class Submitter:
     def __init__(
         self,
         store: SubmitStore,
+        dags: DagVersions,
         queue: ports.WorkQueue,
         *,
         partitions: int,
@@ -38,6 +51,7 @@ class Submitter:
         heavy: bool = False,
     ) -> None:
         self.store = store
+        self.dags = dags
         self.queue = queue
         self.partitions = partitions
         self.limits = limits
@@ -82,8 +96,27 @@ class Submitter:
         tenant: str = "default",
         project: str = "default",
     ) -> str:
+        """Run an inline DAG (a spec, a dict, YAML or JSON text); return the run id."""
+        return (await self.submit_inline(dag, params, tenant=tenant, project=project)).run_id
+
+    async def submit_inline(
+        self, dag: Any, params: Mapping[str, Any] | None = None, *, tenant: str, project: str = "default"
+    ) -> Submitted:
         parsed, merged = self.validate(dag, params)
-        dag_id, version = await self.store.put_dag(tenant, project, parsed)
+        stored = await self.dags.put_version(tenant, project, parsed, template=False)
+        return await self._create(tenant, project, stored.id, parsed, stored.version, merged)
+
+    async def submit_template(
+        self, name: str, version: int | None = None, params: Mapping[str, Any] | None = None, *,
+        tenant: str, project: str = "default",
+    ) -> Submitted:
+        """Run a stored template, its latest version unless `version` is given."""
+        stored = await self.dags.get_template(tenant, project, name, version)
+        parsed, merged = self.validate(spec.DagSpec.model_validate(stored.spec), params)
+        return await self._create(tenant, project, stored.id, parsed, stored.version, merged)
+
+    async def _create(self, tenant: str, project: str, dag_id: str, parsed: spec.DagSpec, version: int,
+                      merged: dict[str, Any]) -> Submitted:
         run_id = str(uuid.uuid4())
         partition = keys.partition_of(run_id, self.partitions)
         event = wire.pack(wire.RUN_CREATED, run=run_id, tenant=tenant)
@@ -92,7 +125,7 @@ class Submitter:
             params=merged, partition=partition, event=event,
         )
         await self._publish(partition, event, outbox_id)
-        return run_id
+        return Submitted(run_id, parsed.name, version)
 
     async def cancel(self, run_id: str, *, tenant: str = "default") -> None:
         """Ask a pending or running run to stop. NotFound, or Conflict if it already ended."""

@@ -306,43 +306,6 @@ class PostgresStore:
 
     # ---- submission ----------------------------------------------------------------------
 
-    async def ensure_tenant(self, tenant: str, project: str = "default") -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.text("INSERT INTO tenants (id, name) VALUES (:t, :t) ON CONFLICT DO NOTHING"), {"t": tenant}
-            )
-            await conn.execute(
-                sa.text("INSERT INTO projects (tenant_id, id, name) VALUES (:t, :p, :p) ON CONFLICT DO NOTHING"),
-                {"t": tenant, "p": project},
-            )
-
-    async def put_dag(self, tenant: str, project: str, dag: spec.DagSpec) -> tuple[str, int]:
-        """Store `dag` as the next version of its name, unless it equals the latest version."""
-        doc = dag.model_dump(mode="json")
-        async with self.engine.begin() as conn:
-            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                               {"k": f"{tenant}/{project}/{dag.name}"})
-            latest = (
-                await conn.execute(
-                    sa.text(
-                        "SELECT id::text, version, spec FROM dags WHERE tenant_id = :t AND project_id = :p "
-                        "AND name = :n ORDER BY version DESC LIMIT 1"
-                    ),
-                    {"t": tenant, "p": project, "n": dag.name},
-                )
-            ).first()
-            if latest is not None and latest[2] == doc:
-                return latest[0], latest[1]
-            dag_id, version = str(uuid.uuid4()), (latest[1] + 1 if latest else 1)
-            await conn.execute(
-                sa.text(
-                    "INSERT INTO dags (id, tenant_id, project_id, name, version, spec) "
-                    "VALUES (:id, :t, :p, :n, :v, CAST(:s AS jsonb))"
-                ),
-                {"id": dag_id, "t": tenant, "p": project, "n": dag.name, "v": version, "s": json.dumps(doc)},
-            )
-            return dag_id, version
-
     async def create_run(
         self,
         *,
@@ -414,48 +377,3 @@ class PostgresStore:
                     {"t": tenant, "p": partition, "e": event},
                 )
             ).scalar_one()
-
-    # ---- reads ---------------------------------------------------------------------------
-
-    async def get_run(self, run_id: str, tenant: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            run = (
-                await conn.execute(
-                    sa.text(
-                        "SELECT id::text, dag_name, dag_version, status, params, error, cancel_requested, "
-                        "created_at, started_at, finished_at FROM runs WHERE id = CAST(:id AS uuid) "
-                        "AND tenant_id = :t"
-                    ),
-                    {"id": run_id, "t": tenant},
-                )
-            ).mappings().first()
-            if run is None:
-                return None
-            tasks = (
-                await conn.execute(
-                    sa.text(
-                        "SELECT key, name, map_index, status, attempt, executor, pool, output, error, "
-                        "queued_at, started_at, finished_at FROM tasks WHERE run_id = CAST(:id AS uuid) "
-                        "ORDER BY map_index NULLS FIRST, key"
-                    ),
-                    {"id": run_id},
-                )
-            ).mappings().all()
-            attempts = (
-                await conn.execute(
-                    sa.text(
-                        "SELECT task_key, number, status, pool, agent, reason, error, logs, queued_at, "
-                        "dispatched_at, started_at, finished_at FROM attempts WHERE run_id = CAST(:id AS uuid) "
-                        "ORDER BY task_key, number"
-                    ),
-                    {"id": run_id},
-                )
-            ).mappings().all()
-        by_task: dict[str, list[dict[str, Any]]] = {}
-        for a in attempts:
-            by_task.setdefault(a["task_key"], []).append(dict(a))
-        out = dict(run)
-        out["tasks"] = [dict(t, attempts=by_task.get(t["key"], [])) for t in tasks]
-        return out
-
-

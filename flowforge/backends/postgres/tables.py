@@ -43,10 +43,13 @@ class Dag(Base):
     version: Mapped[int] = mapped_column(sa.Integer)
     spec: Mapped[dict] = mapped_column(JSONB)
     deleted: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    # A template (stored through /dags, runnable by name) or the spec of an inline submission;
+    # each kind numbers its versions on its own.
+    template: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.true())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
     __table_args__ = (
         sa.ForeignKeyConstraint(["tenant_id", "project_id"], ["projects.tenant_id", "projects.id"]),
-        sa.UniqueConstraint("tenant_id", "project_id", "name", "version"),
+        sa.UniqueConstraint("tenant_id", "project_id", "name", "template", "version", name="dags_name_version"),
     )
 
 
@@ -68,6 +71,7 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     __table_args__ = (
         sa.Index("runs_tenant_created", "tenant_id", "created_at"),
+        sa.Index("runs_tenant_dag_created", "tenant_id", "dag_name", "created_at"),
         # The reconciler's sweep: active runs of a partition.
         sa.Index(
             "runs_active_partition", "partition",
@@ -135,3 +139,17 @@ class Outbox(Base):
     __table_args__ = (
         sa.Index("outbox_unpublished", "created_at", postgresql_where=sa.text("published_at IS NULL")),
     )
+
+
+class ApiToken(Base):
+    """A bearer token of the REST API. Only its SHA-256 is stored: tokens are 256-bit random
+    strings, so a fast hash is enough, and a leaked table grants nothing."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(UUID(as_uuid=False), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    role: Mapped[str] = mapped_column(sa.String(16), server_default="admin")
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

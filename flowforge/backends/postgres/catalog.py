@@ -1,0 +1,318 @@
+"""What the API reads and manages in Postgres, off the coordinator's hot path: tenants, API
+tokens, DAG templates and their versions, and run listings. Every query is scoped to a tenant."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from flowforge import errors
+from flowforge.domain import spec
+
+TOKEN_PREFIX = "ff_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant every object of the request is scoped to."""
+
+    tenant: str
+    token_id: str
+    role: str
+
+
+@dataclass(frozen=True)
+class DagVersion:
+    id: str
+    name: str
+    version: int
+    spec: dict[str, Any]
+    created_at: datetime
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def encode_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts, default=str).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n: int) -> list[Any]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        parts = None
+    if not isinstance(parts, list) or len(parts) != n:
+        raise errors.InvalidInput("cursor", "not a cursor this API returned", "pass next_cursor from the previous page")
+    return parts
+
+
+_RUN_COLUMNS = """
+  r.id::text AS id, r.dag_name, r.dag_version, d.template AS dag_template, r.status, r.params,
+  r.error, r.cancel_requested, r.created_at, r.started_at, r.finished_at"""
+
+
+class Catalog:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # ---- tenants and tokens --------------------------------------------------------------
+
+    async def ensure_tenant(self, tenant: str, project: str = "default") -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.text("INSERT INTO tenants (id, name) VALUES (:t, :t) ON CONFLICT DO NOTHING"), {"t": tenant}
+            )
+            await conn.execute(
+                sa.text("INSERT INTO projects (tenant_id, id, name) VALUES (:t, :p, :p) ON CONFLICT DO NOTHING"),
+                {"t": tenant, "p": project},
+            )
+
+    async def create_token(self, tenant: str, name: str, role: str = "admin") -> str:
+        """Create a token for `tenant` (creating the tenant if new); return it. Only its hash is kept."""
+        await self.ensure_tenant(tenant)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.text("INSERT INTO api_tokens (id, tenant_id, name, token_hash, role) VALUES (:id, :t, :n, :h, :r)"),
+                {"id": str(uuid.uuid4()), "t": tenant, "n": name, "h": hash_token(token), "r": role},
+            )
+        return token
+
+    async def verify_token(self, token: str) -> Principal | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.text("SELECT id::text, tenant_id, role FROM api_tokens WHERE token_hash = :h "
+                            "AND revoked_at IS NULL"),
+                    {"h": hash_token(token)},
+                )
+            ).first()
+        return None if row is None else Principal(tenant=row[1], token_id=row[0], role=row[2])
+
+    async def revoke_token(self, token: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.text("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = :h AND revoked_at IS NULL"),
+                {"h": hash_token(token)},
+            )
+        return bool(result.rowcount)
+
+    # ---- DAG versions --------------------------------------------------------------------
+
+    async def put_version(self, tenant: str, project: str, dag: spec.DagSpec, *, template: bool) -> DagVersion:
+        """Store `dag` as the next version of its name (templates and inline specs are numbered
+        apart), unless it equals the latest version of that kind, which is returned instead."""
+        doc = dag.model_dump(mode="json")
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                               {"k": f"{tenant}/{project}/{dag.name}"})
+            latest = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT id::text, version, spec, deleted, created_at FROM dags WHERE tenant_id = :t "
+                        "AND project_id = :p AND name = :n AND template = :tpl ORDER BY version DESC LIMIT 1"
+                    ),
+                    {"t": tenant, "p": project, "n": dag.name, "tpl": template},
+                )
+            ).first()
+            if latest is not None and latest[2] == doc and not latest[3]:
+                return DagVersion(latest[0], dag.name, latest[1], doc, latest[4])
+            dag_id, version = str(uuid.uuid4()), (latest[1] + 1 if latest else 1)
+            created = (
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO dags (id, tenant_id, project_id, name, version, spec, template) "
+                        "VALUES (:id, :t, :p, :n, :v, CAST(:s AS jsonb), :tpl) RETURNING created_at"
+                    ),
+                    {"id": dag_id, "t": tenant, "p": project, "n": dag.name, "v": version,
+                     "s": json.dumps(doc), "tpl": template},
+                )
+            ).scalar_one()
+            return DagVersion(dag_id, dag.name, version, doc, created)
+
+    async def template_exists(self, tenant: str, project: str, name: str) -> bool:
+        async with self.engine.connect() as conn:
+            return bool(
+                (
+                    await conn.execute(
+                        sa.text("SELECT 1 FROM dags WHERE tenant_id = :t AND project_id = :p AND name = :n "
+                                "AND template AND NOT deleted LIMIT 1"),
+                        {"t": tenant, "p": project, "n": name},
+                    )
+                ).first()
+            )
+
+    async def get_template(self, tenant: str, project: str, name: str, version: int | None = None) -> DagVersion:
+        q = ("SELECT id::text, name, version, spec, created_at FROM dags WHERE tenant_id = :t AND project_id = :p "
+             "AND name = :n AND template AND NOT deleted")
+        args: dict[str, Any] = {"t": tenant, "p": project, "n": name}
+        if version is not None:
+            q += " AND version = :v"
+            args["v"] = version
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.text(q + " ORDER BY version DESC LIMIT 1"), args)).first()
+        if row is None:
+            what = f"DAG '{name}'" + (f" version {version}" if version is not None else "")
+            raise errors.NotFound(f"{what} not found")
+        return DagVersion(*row)
+
+    async def template_versions(self, tenant: str, project: str, name: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.text("SELECT version, created_at FROM dags WHERE tenant_id = :t AND project_id = :p "
+                            "AND name = :n AND template AND NOT deleted ORDER BY version"),
+                    {"t": tenant, "p": project, "n": name},
+                )
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
+    async def list_templates(self, tenant: str, project: str, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """The latest version of each template, by name, a page at a time."""
+        after = decode_cursor(cursor, 1)[0] if cursor else ""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT DISTINCT ON (name) name, version, spec, created_at, "
+                        "  count(*) OVER (PARTITION BY name) AS versions "
+                        "FROM dags WHERE tenant_id = :t AND project_id = :p AND template AND NOT deleted "
+                        "AND name > :after ORDER BY name, version DESC LIMIT :limit"
+                    ),
+                    {"t": tenant, "p": project, "after": str(after), "limit": limit + 1},
+                )
+            ).mappings().all()
+        items = [dict(r) for r in rows[:limit]]
+        return items, (encode_cursor(items[-1]["name"]) if len(rows) > limit else None)
+
+    async def delete_template(self, tenant: str, project: str, name: str) -> None:
+        """Hide every version of a template. Refused while runs of it are pending or running;
+        finished runs keep their history (they point at the stored spec)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{tenant}/{project}/{name}"})
+            active = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM runs r JOIN dags d ON d.id = r.dag_id WHERE r.tenant_id = :t "
+                        "AND d.project_id = :p AND d.name = :n AND d.template AND r.status IN ('pending', 'running')"
+                    ),
+                    {"t": tenant, "p": project, "n": name},
+                )
+            ).scalar_one()
+            if active:
+                raise errors.Conflict(
+                    f"DAG '{name}' has {active} active run(s); cancel them or wait until they end, then delete"
+                )
+            result = await conn.execute(
+                sa.text("UPDATE dags SET deleted = true WHERE tenant_id = :t AND project_id = :p AND name = :n "
+                        "AND template AND NOT deleted"),
+                {"t": tenant, "p": project, "n": name},
+            )
+            if not result.rowcount:
+                raise errors.NotFound(f"DAG '{name}' not found")
+
+    # ---- runs ----------------------------------------------------------------------------
+
+    async def list_runs(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        status: str | None = None,
+        dag: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Runs, newest first, with each run's task counts by status, a page at a time."""
+        where = ["r.tenant_id = :t"]
+        args: dict[str, Any] = {"t": tenant, "limit": limit + 1}
+        if status:
+            where.append("r.status = :status")
+            args["status"] = status
+        if dag:
+            where.append("r.dag_name = :dag")
+            args["dag"] = dag
+        if created_after:
+            where.append("r.created_at >= :after")
+            args["after"] = created_after
+        if created_before:
+            where.append("r.created_at < :before")
+            args["before"] = created_before
+        if cursor:
+            at, run_id = decode_cursor(cursor, 2)
+            try:
+                args["c_at"], args["c_id"] = datetime.fromisoformat(str(at)), str(uuid.UUID(str(run_id)))
+            except ValueError:
+                raise errors.InvalidInput("cursor", "not a cursor this API returned",
+                                          "pass next_cursor from the previous page") from None
+            where.append("(r.created_at, r.id) < (:c_at, CAST(:c_id AS uuid))")
+        q = f"""
+SELECT {_RUN_COLUMNS},
+  (SELECT jsonb_object_agg(s.status, s.n) FROM
+     (SELECT status, count(*) AS n FROM tasks WHERE run_id = r.id GROUP BY status) s) AS task_counts
+FROM runs r JOIN dags d ON d.id = r.dag_id
+WHERE {' AND '.join(where)}
+ORDER BY r.created_at DESC, r.id DESC LIMIT :limit"""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.text(q), args)).mappings().all()
+        items = [dict(r, task_counts=r["task_counts"] or {}) for r in rows[:limit]]
+        nxt = encode_cursor(items[-1]["created_at"].isoformat(), items[-1]["id"]) if len(rows) > limit else None
+        return items, nxt
+
+    async def get_run(self, run_id: str, tenant: str, *, logs: bool = True) -> dict[str, Any] | None:
+        """A run with every task and every task's attempts; None if the tenant has no such run."""
+        try:
+            uuid.UUID(run_id)
+        except ValueError:
+            return None
+        async with self.engine.connect() as conn:
+            run = (
+                await conn.execute(
+                    sa.text(f"SELECT {_RUN_COLUMNS} FROM runs r JOIN dags d ON d.id = r.dag_id "
+                            "WHERE r.id = CAST(:id AS uuid) AND r.tenant_id = :t"),
+                    {"id": run_id, "t": tenant},
+                )
+            ).mappings().first()
+            if run is None:
+                return None
+            tasks = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT key, name, map_index, status, attempt, executor, pool, output, error, "
+                        "queued_at, started_at, finished_at FROM tasks WHERE run_id = CAST(:id AS uuid) "
+                        "ORDER BY map_index NULLS FIRST, key"
+                    ),
+                    {"id": run_id},
+                )
+            ).mappings().all()
+            attempts = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT task_key, number, status, pool, agent, reason, error, "
+                        + ("logs, " if logs else "")
+                        + "queued_at, dispatched_at, started_at, finished_at FROM attempts "
+                        "WHERE run_id = CAST(:id AS uuid) ORDER BY task_key, number"
+                    ),
+                    {"id": run_id},
+                )
+            ).mappings().all()
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for a in attempts:
+            row = dict(a)
+            by_task.setdefault(row.pop("task_key"), []).append(row)
+        out = dict(run)
+        out["tasks"] = [dict(t, attempts=by_task.get(t["key"], [])) for t in tasks]
+        return out
