@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from flowforge.domain.model import Run, Task
@@ -141,3 +142,23 @@ class WorkQueue(Protocol):
 
 class Clock(Protocol):
     def now(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who calls the API: the tenant every object of the request is scoped to."""
+
+    tenant: str
+    token_id: str
+    role: str
+
+
+@dataclass(frozen=True)
+class DagVersion:
+    """One stored version of a DAG spec."""
+
+    id: str
+    name: str
+    version: int
+    spec: dict[str, Any]
+    created_at: datetime

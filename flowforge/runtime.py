@@ -6,7 +6,9 @@ Nothing else in FlowForge constructs backends; the CLI and the tests start a `St
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -81,10 +83,21 @@ def init_ray(cfg: settings_mod.Settings) -> bool:
 class Stack:
     """Coordinator, reconciler and agent pools against one Postgres, Redis and Ray."""
 
-    def __init__(self, cfg: settings_mod.Settings, services: Services, *, with_agents: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: settings_mod.Settings,
+        services: Services,
+        *,
+        with_agents: bool = True,
+        with_coordinator: bool = True,
+        with_api: bool = False,
+    ) -> None:
         self.cfg = cfg
         self.services = services
-        self.with_agents = with_agents
+        self.with_agents = with_agents and with_coordinator
+        self.with_coordinator = with_coordinator
+        self.with_api = with_api
+        self.api: ApiServer | None = None
         self.store: pg_store.PostgresStore | None = None
         self.catalog: catalog.Catalog | None = None
         self.queue: redis_streams.RedisQueue | None = None
@@ -112,6 +125,20 @@ class Stack:
         if bad:
             raise errors.ConfigError(f"coordinator.owned_partitions {bad} are outside 0..{c.partitions - 1}")
         await self.queue.ensure_groups(parts, list(pool_cfgs))
+        self.submitter = submission.Submitter(
+            self.store, self.catalog, self.queue, partitions=c.partitions, limits=cfg.limits,
+            pools={name: p.capacity for name, p in pool_cfgs.items()},
+        )
+        if self.with_api:
+            from flowforge.api.app import create_app
+            from flowforge.api.context import ApiContext
+
+            ctx = ApiContext(self.catalog, self.submitter, self.readiness, token_cache_s=cfg.api.token_cache.total_seconds())
+            self.api = ApiServer(create_app(ctx, max_body_bytes=cfg.api.max_body_bytes), cfg.api.host, cfg.api.port)
+            await self.api.start()
+        if not self.with_coordinator:
+            log.info("stack.started", api=self.api.url if self.api else None, coordinator=False)
+            return
         if self.with_agents:
             self._owns_ray = await asyncio.to_thread(init_ray, cfg)
             self.manager = actor.PoolManager(
@@ -156,19 +183,35 @@ class Stack:
                 redispatch_after_s=c.redispatch_after.total_seconds(),
             ),
         )
-        self.submitter = submission.Submitter(
-            self.store, self.catalog, self.queue, partitions=c.partitions, limits=cfg.limits,
-            pools={name: p.capacity for name, p in pool_cfgs.items()},
-        )
         await self.reconciler.sweep()  # adopt what a previous coordinator left behind
         self._jobs = [
             asyncio.create_task(self.coordinator.run_forever(), name="coordinator"),
             asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
         ]
-        log.info("stack.started", partitions=list(parts), pools=sorted(pool_cfgs))
+        log.info("stack.started", partitions=list(parts), pools=sorted(pool_cfgs),
+                 api=self.api.url if self.api else None)
+
+    async def readiness(self) -> dict[str, str]:
+        """Whether Postgres and Redis answer, each "ok" or what went wrong."""
+        checks: dict[str, str] = {}
+        try:
+            assert self.store is not None
+            await asyncio.wait_for(self.store.ping(), timeout=2)
+            checks["postgres"] = "ok"
+        except Exception as exc:  # any failure means not ready; say which
+            checks["postgres"] = f"unreachable: {type(exc).__name__}"
+        try:
+            assert self.queue is not None
+            await self.queue.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        return checks
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.api is not None:
+            await self.api.stop()
         if self.coordinator is not None:
             self.coordinator.stop()
             c = self.coordinator
@@ -187,6 +230,61 @@ class Stack:
             import ray
 
             await asyncio.to_thread(ray.shutdown)
+
+
+class ApiServer:
+    """uvicorn serving the API on this event loop. The socket is bound here first, so a busy
+    port is a clear error instead of uvicorn exiting the process."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            def capture_signals(self):  # type: ignore[no-untyped-def]
+                return contextlib.nullcontext()  # the process's owner handles signals
+
+        self.host, self.port = host, port
+        self.server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                             access_log=False, lifespan="off", proxy_headers=True))
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise errors.ConfigError(
+                f"cannot listen on {self.host}:{self.port} ({exc.strerror}); stop what uses the port, "
+                "or choose another with --port or FLOWFORGE_API__PORT"
+            ) from None
+        if self.port == 0:
+            self.port = sock.getsockname()[1]
+        sock.listen(2048)
+        sock.setblocking(False)
+        self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name="api")
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                raise errors.ConfigError("the API server stopped while starting")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, timeout=10)
+        except TimeoutError:
+            self.server.force_exit = True
+            self._task.cancel()
 
 
 class BackgroundStack:

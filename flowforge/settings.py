@@ -79,6 +79,16 @@ class AgentSettings(BaseModel):
     max_log_bytes: int = Field(1 << 20, ge=1024, description="Captured output bytes per attempt; the rest is dropped.")
 
 
+class ApiSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address the REST API listens on (0.0.0.0 in a container).")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the REST API (0: any free port).")
+    max_body_bytes: int = Field(2 << 20, ge=1024, description="Larger request bodies are refused with 413.")
+    token_cache: timedelta = Field(
+        timedelta(seconds=10), description="How long a verified token is trusted without asking Postgres "
+        "(a revoked token stops working within this time).",
+    )
+
+
 class LoggingSettings(BaseModel):
     level: str = Field("info", pattern="^(debug|info|warning|error)$", description="Lowest level logged.")
     format: str = Field("console", pattern="^(console|json)$", description="Log line format.")
@@ -93,6 +103,7 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     limits: spec.Limits = Field(default_factory=spec.Limits)
 

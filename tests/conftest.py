@@ -92,6 +92,7 @@ def stack_settings(database_url: str, redis_url: str, pool_dir: Path, tmp_path_f
         database={"url": database_url},
         redis={"url": redis_url},
         ray={"num_cpus": 2},
+        api={"port": 0},
         agents={"pool_config_dir": pool_dir, "lease": timedelta(seconds=2), "max_deliveries": 3},
         coordinator={
             "reconcile_interval": timedelta(seconds=1),
@@ -109,7 +110,7 @@ def stack(stack_settings: settings.Settings, redis_url: str) -> Iterator[Backgro
 
     redis_sync.Redis.from_url(redis_url).flushdb()
     os.chdir(ROOT)  # agents import test task modules relative to the repository root
-    bg = BackgroundStack(stack_settings, Services(stack_settings.database.url, redis_url)).start()
+    bg = BackgroundStack(stack_settings, Services(stack_settings.database.url, redis_url), with_api=True).start()
     try:
         yield bg
     finally:
@@ -157,3 +158,41 @@ def client(stack: BackgroundStack) -> Client:
     bg = stack
     bg.call(bg.stack.catalog.ensure_tenant("default"))
     return Client(bg)
+
+
+class Api:
+    """The REST API of the session's stack, over real HTTP, as one tenant's token sees it."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        import httpx
+
+        self.base_url = base_url
+        self.token = token
+        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def __getattr__(self, name: str):  # get, post, put, delete, request
+        return getattr(self.http, name)
+
+    def wait(self, run_id: str, timeout: float = 60, until=None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.http.get(f"/api/v1/runs/{run_id}")
+            assert r.status_code == 200, r.text
+            run = r.json()
+            if until(run) if until else run["status"] in TERMINAL:
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} still {run['status']} after {timeout}s")
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def api(stack: BackgroundStack, client: Client) -> Api:
+    token = stack.call(stack.stack.catalog.create_token("default", "tests"))
+    return Api(stack.stack.api.url, token)
+
+
+@pytest.fixture(scope="session")
+def other_api(stack: BackgroundStack) -> Api:
+    token = stack.call(stack.stack.catalog.create_token("other-tenant", "tests"))
+    return Api(stack.stack.api.url, token)

@@ -107,3 +107,10 @@ def flood(lines: int, width: int) -> int:
     for _ in range(lines):
         print("y" * width)
     return lines
+
+
+def fails_until_exists(path: str) -> str:
+    """Fails while `path` does not exist: fixed from outside, then retried."""
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} does not exist yet")
+    return "ok"

@@ -9,7 +9,6 @@ import hashlib
 import json
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,27 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flowforge import errors
+from flowforge.ports import DagVersion, Principal
 from flowforge.domain import spec
 
 TOKEN_PREFIX = "ff_"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the tenant every object of the request is scoped to."""
-
-    tenant: str
-    token_id: str
-    role: str
-
-
-@dataclass(frozen=True)
-class DagVersion:
-    id: str
-    name: str
-    version: int
-    spec: dict[str, Any]
-    created_at: datetime
 
 
 def hash_token(token: str) -> str:

@@ -138,6 +138,13 @@ class PostgresStore:
         )
         return cls(engine)
 
+    async def ping(self) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise errors.TemporaryError(f"postgres: {exc}") from None
+
     async def close(self) -> None:
         await self._drop_hot_connection()
         await self.engine.dispose()

@@ -1,0 +1,64 @@
+"""What the API needs, handed in by the composition root: no backend is imported here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from flowforge.domain import spec
+from flowforge.engine.submission import Submitter
+from flowforge.ports import DagVersion, Principal
+
+
+class Catalog(Protocol):
+    async def verify_token(self, token: str) -> Principal | None: ...
+
+    async def put_version(self, tenant: str, project: str, dag: spec.DagSpec, *, template: bool) -> DagVersion: ...
+
+    async def template_exists(self, tenant: str, project: str, name: str) -> bool: ...
+
+    async def get_template(self, tenant: str, project: str, name: str, version: int | None = None) -> DagVersion: ...
+
+    async def template_versions(self, tenant: str, project: str, name: str) -> list[dict[str, Any]]: ...
+
+    async def list_templates(
+        self, tenant: str, project: str, *, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def delete_template(self, tenant: str, project: str, name: str) -> None: ...
+
+    async def list_runs(
+        self, tenant: str, *, limit: int, cursor: str | None = None, status: str | None = None,
+        dag: str | None = None, created_after: datetime | None = None, created_before: datetime | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def get_run(self, run_id: str, tenant: str, *, logs: bool = True) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class ApiContext:
+    catalog: Catalog
+    submitter: Submitter
+    # Checks each backing service; returns {"postgres": "ok" | error text, "redis": ...}.
+    readiness: Callable[[], Awaitable[dict[str, str]]]
+    token_cache_s: float = 10.0
+    _tokens: dict[str, tuple[Principal, float]] = field(default_factory=dict)
+
+    async def principal(self, token: str) -> Principal | None:
+        """The token's principal; verified tokens are remembered for `token_cache_s` (so a
+        revocation takes effect within that time) to keep Postgres off every request."""
+        now = time.monotonic()
+        hit = self._tokens.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        found = await self.catalog.verify_token(token)
+        if found is None:
+            self._tokens.pop(token, None)
+            return None
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
+        self._tokens[token] = (found, now + self.token_cache_s)
+        return found

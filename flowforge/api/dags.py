@@ -1,0 +1,103 @@
+"""DAG templates: create, list, read, add a version, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
+
+from flowforge import errors
+from flowforge.api import auth, schemas
+from flowforge.api.context import ApiContext
+from flowforge.domain import spec
+from flowforge.ports import Principal
+
+router = APIRouter(prefix="/api/v1/dags", tags=["dags"])
+PROJECT = "default"
+NamePath = Path(..., pattern=spec.NAME_PATTERN, max_length=64, description="The DAG's name.")
+SpecBody = Body(..., description="A DAG spec (see the DAG spec reference in the README).")
+
+
+async def _out(ctx: ApiContext, tenant: str, name: str, version: int | None = None) -> schemas.DagOut:
+    stored = await ctx.catalog.get_template(tenant, PROJECT, name, version)
+    versions = [v["version"] for v in await ctx.catalog.template_versions(tenant, PROJECT, name)]
+    return schemas.DagOut(name=stored.name, version=stored.version, created_at=stored.created_at,
+                          spec=stored.spec, versions=versions)
+
+
+@router.post("", status_code=201, response_model=schemas.DagOut, summary="Store a new DAG template")
+async def create_dag(
+    response: Response,
+    dag: dict[str, Any] = SpecBody,
+    who: Principal = Depends(auth.principal),
+    ctx: ApiContext = Depends(auth.context),
+) -> schemas.DagOut:
+    parsed, _ = ctx.submitter.validate(dag)
+    if await ctx.catalog.template_exists(who.tenant, PROJECT, parsed.name):
+        raise errors.Conflict(
+            f"DAG '{parsed.name}' exists; PUT /api/v1/dags/{parsed.name} stores a new version of it"
+        )
+    stored = await ctx.catalog.put_version(who.tenant, PROJECT, parsed, template=True)
+    response.headers["Location"] = f"/api/v1/dags/{stored.name}"
+    return await _out(ctx, who.tenant, stored.name, stored.version)
+
+
+@router.get("", response_model=schemas.DagPage, summary="List DAG templates (latest versions)")
+async def list_dags(
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, max_length=500),
+    who: Principal = Depends(auth.principal),
+    ctx: ApiContext = Depends(auth.context),
+) -> schemas.DagPage:
+    rows, nxt = await ctx.catalog.list_templates(who.tenant, PROJECT, limit=limit, cursor=cursor)
+    items = [
+        schemas.DagListItem(
+            name=r["name"], version=r["version"], versions=r["versions"], created_at=r["created_at"],
+            description=r["spec"].get("description") or None, tasks=len(r["spec"].get("tasks") or ()),
+        )
+        for r in rows
+    ]
+    return schemas.DagPage(items=items, next_cursor=nxt)
+
+
+@router.get("/{name}", response_model=schemas.DagOut, summary="Read a DAG template")
+async def get_dag(
+    name: str = NamePath,
+    version: int | None = Query(None, ge=1, le=2**31 - 1, description="Unset: the latest version."),
+    who: Principal = Depends(auth.principal),
+    ctx: ApiContext = Depends(auth.context),
+) -> schemas.DagOut:
+    return await _out(ctx, who.tenant, name, version)
+
+
+@router.put("/{name}", response_model=schemas.DagOut, summary="Store a new version of a DAG template",
+            responses={201: {"description": "Created: the first version", "model": schemas.DagOut}})
+async def put_dag(
+    response: Response,
+    name: str = NamePath,
+    dag: dict[str, Any] = SpecBody,
+    who: Principal = Depends(auth.principal),
+    ctx: ApiContext = Depends(auth.context),
+) -> schemas.DagOut:
+    """Adds a version when the spec differs from the latest one (older versions stay readable
+    and runnable); an identical spec returns the latest version unchanged."""
+    if isinstance(dag, dict) and dag.get("name", name) != name:
+        raise errors.InvalidInput("name", f"the body names '{dag.get('name')}' but the path names '{name}'",
+                                  f"use the same name in both, or PUT to /api/v1/dags/{dag.get('name')}")
+    parsed, _ = ctx.submitter.validate({**dag, "name": name} if isinstance(dag, dict) else dag)
+    existed = await ctx.catalog.template_exists(who.tenant, PROJECT, name)
+    stored = await ctx.catalog.put_version(who.tenant, PROJECT, parsed, template=True)
+    if not existed:
+        response.status_code = 201
+    return await _out(ctx, who.tenant, stored.name, stored.version)
+
+
+@router.delete("/{name}", status_code=204, summary="Delete a DAG template (every version)",
+               responses={409: {"description": "Runs of it are still pending or running"}})
+async def delete_dag(
+    name: str = NamePath,
+    who: Principal = Depends(auth.principal),
+    ctx: ApiContext = Depends(auth.context),
+) -> Response:
+    await ctx.catalog.delete_template(who.tenant, PROJECT, name)
+    return Response(status_code=204)

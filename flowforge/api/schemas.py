@@ -1,0 +1,132 @@
+"""Request and response bodies, as they appear in /openapi.json."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RunStatusName = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+TaskStatusName = Literal[
+    "pending", "queued", "running", "retrying", "succeeded", "failed", "skipped", "upstream_failed", "cancelled"
+]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunCreate(_In):
+    """Start a run of an inline DAG (`dag`) or of a stored template (`name`, optional `version`)."""
+
+    dag: dict[str, Any] | None = Field(None, description="An inline DAG spec (see the DAG spec reference).")
+    name: str | None = Field(None, min_length=1, max_length=64, description="A stored template's name.")
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="Template version; unset: the latest.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Overrides of the DAG's params.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RunCreate:
+        if (self.dag is None) == (self.name is None):
+            raise ValueError("give either `dag` (an inline spec) or `name` (a stored template), not both or neither")
+        if self.version is not None and self.name is None:
+            raise ValueError("`version` goes with `name`")
+        return self
+
+
+class RunCreated(BaseModel):
+    id: str
+    dag: str
+    version: int
+    status: RunStatusName = "pending"
+    url: str
+
+
+class Accepted(BaseModel):
+    id: str
+    action: Literal["cancel", "retry"]
+    detail: str
+
+
+class AttemptOut(BaseModel):
+    number: int
+    status: str
+    pool: str | None = None
+    agent: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    logs: list[list[Any]] | None = Field(None, description="[unix time, stream, line]; only with ?logs=true.")
+    queued_at: datetime | None = None
+    dispatched_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskOut(BaseModel):
+    key: str
+    name: str
+    map_index: int | None = None
+    status: TaskStatusName
+    attempt: int
+    executor: str
+    pool: str
+    output: Any = None
+    error: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: list[AttemptOut]
+
+
+class RunSummary(BaseModel):
+    id: str
+    dag_name: str
+    dag_version: int
+    dag_template: bool = Field(description="True if the run is of a stored template, false for an inline DAG.")
+    status: RunStatusName
+    params: dict[str, Any]
+    error: str | None = None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunListItem(RunSummary):
+    task_counts: dict[str, int] = Field(description="Tasks by status.")
+
+
+class RunOut(RunSummary):
+    tasks: list[TaskOut]
+
+
+class RunPage(BaseModel):
+    items: list[RunListItem]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
+
+
+class DagOut(BaseModel):
+    name: str
+    version: int
+    created_at: datetime
+    spec: dict[str, Any]
+    versions: list[int] = Field(description="Every readable, runnable version.")
+
+
+class DagListItem(BaseModel):
+    name: str
+    version: int = Field(description="The latest version.")
+    versions: int = Field(description="How many versions there are.")
+    created_at: datetime
+    description: str | None = None
+    tasks: int
+
+
+class DagPage(BaseModel):
+    items: list[DagListItem]
+    next_cursor: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)
