@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -38,6 +39,10 @@ class AgentActor:
     does not depend on how Ray schedules actor calls; `serve` returns when the loop ends."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        config = dict(config)
+        level = config.pop("log_level", "info")
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, str(level).upper(), logging.INFO)))
         self.loop = _new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ff-agent", daemon=True)
         self.thread.start()

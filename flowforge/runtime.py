@@ -71,6 +71,7 @@ def init_ray(cfg: settings_mod.Settings) -> bool:
         "include_dashboard": False,
         "log_to_driver": True,
         "runtime_env": {"env_vars": {"PYTHONPATH": path}},
+        "logging_level": cfg.logging.level.upper(),
     }
     if cfg.ray.address:
         kwargs["address"] = cfg.ray.address
@@ -152,6 +153,7 @@ class Stack:
                     "max_log_line_bytes": cfg.agents.max_log_line_bytes,
                     "max_log_lines": cfg.agents.max_log_lines,
                     "max_log_bytes": cfg.agents.max_log_bytes,
+                    "log_level": cfg.logging.level,
                 },
             )
             await self.manager.start()

@@ -120,7 +120,7 @@ def test_validate_command_reports_every_problem(tmp_path):
     )
     out = subprocess.run([sys.executable, "-m", "flowforge", "validate", str(bad)], cwd=ROOT,
                          capture_output=True, text=True)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "tasks[2].fn" in out.stderr
     assert "a -> b -> a" in out.stderr or "b -> a -> b" in out.stderr
     assert "Traceback" not in out.stderr

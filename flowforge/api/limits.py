@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+_DRAIN_LIMIT = 64 << 20  # bytes of an oversized body read and dropped before answering 413
 # A JSON-escaped NUL (\u0000), not an escaped backslash followed by "u0000".
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -33,10 +34,6 @@ class RequestGuard:
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send)
-            return
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -45,6 +42,13 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
+                # Read (and drop) the rest first, up to a bound, so the client is not cut off
+                # mid-send and sees the answer; past the bound the connection is closed.
+                while message.get("more_body") and size <= _DRAIN_LIMIT:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    size += len(message.get("body", b""))
                 await self._too_large(send)
                 return
             chunks.append(chunk)

@@ -1,0 +1,206 @@
+"""Commands that run FlowForge: `up` (everything, embedded), `api`, `coordinator`, `migrate`,
+`demo`; and `tokens`, `validate`, which need no server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import typer
+
+from flowforge.cli.base import (
+    app, configure_logging, fail, load_settings, redact, run_async, tokens_app, user_errors,
+)
+
+ADMIN_TENANT = "default"
+
+
+async def _serve(stack, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stack.start()
+
+
+async def _admin_token(catalog, path: Path, url: str) -> str:  # type: ignore[no-untyped-def]
+    """Reuse the token in the credentials file while it is valid; else create one. Either way
+    the file ends up naming this server's URL."""
+    from flowforge import client as client_mod
+
+    saved = client_mod.read_credentials(path)
+    token = saved["token"] if saved else None
+    if token is None or await catalog.verify_token(token) is None:
+        token = await catalog.create_token(ADMIN_TENANT, "admin (flowforge up)")
+    client_mod.write_credentials(path, url, token, ADMIN_TENANT)
+    return token
+
+
+@app.command()
+def up(
+    port: int = typer.Option(None, help="API port (default: api.port, 8080)."),
+    host: str = typer.Option(None, help="API address (default: api.host, 127.0.0.1)."),
+) -> None:
+    """Run everything in one process: Postgres, Redis (embedded unless their URLs are set), a
+    local Ray, the agent pools, the coordinator and the REST API. Ctrl-C stops it all."""
+    from flowforge import client as client_mod, runtime
+
+    cfg = load_settings()
+    api = cfg.api.model_copy(update={k: v for k, v in (("port", port), ("host", host)) if v is not None})
+    cfg = cfg.model_copy(update={"api": api, "logging": cfg.logging.model_copy(update={"level": "warning"})})
+    configure_logging(cfg)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        typer.echo("starting Postgres, Redis, Ray, the agent pools, the coordinator and the API…")
+        services = await asyncio.to_thread(runtime.resolve_services, cfg)
+        stack = runtime.Stack(cfg, services, with_api=True)
+        try:
+            await _serve(stack, stop)
+            assert stack.api is not None and stack.catalog is not None
+            path = client_mod.credentials_path(cfg.data_dir).resolve()
+            await _admin_token(stack.catalog, path, stack.api.url)
+            typer.echo(f"FlowForge is up at {stack.api.url} (API docs: {stack.api.url}/docs)")
+            typer.echo(f"  postgres: {redact(services.database_url)}   redis: {services.redis_url}")
+            typer.echo(f"  admin token written to {path} (mode 0600); the flowforge CLI reads it")
+            typer.echo("  try: flowforge submit examples/diamond.yaml --wait      stop: Ctrl-C")
+            await stop.wait()
+            typer.echo("stopping…")
+        finally:
+            try:
+                await asyncio.wait_for(stack.stop(), timeout=60)
+            finally:
+                await asyncio.to_thread(services.stop)
+        typer.echo("stopped")
+
+    with user_errors():
+        run_async(main())
+
+
+@app.command()
+def api(
+    port: int = typer.Option(None, help="API port (default: api.port, 8080)."),
+    host: str = typer.Option(None, help="API address (default: api.host)."),
+) -> None:
+    """Run the REST API only, against configured Postgres and Redis (scale it out freely)."""
+    from flowforge import runtime
+
+    cfg = load_settings()
+    api_cfg = cfg.api.model_copy(update={k: v for k, v in (("port", port), ("host", host)) if v is not None})
+    cfg = cfg.model_copy(update={"api": api_cfg})
+    configure_logging(cfg)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        services = await asyncio.to_thread(runtime.resolve_services, cfg)
+        stack = runtime.Stack(cfg, services, with_coordinator=False, with_api=True)
+        try:
+            await _serve(stack, stop)
+            assert stack.api is not None
+            typer.echo(f"API listening on {stack.api.url}")
+            await stop.wait()
+        finally:
+            await asyncio.wait_for(stack.stop(), timeout=30)
+            services.stop()
+
+    with user_errors():
+        run_async(main())
+
+
+@app.command()
+def coordinator() -> None:
+    """Run the coordinator, the reconciler and the agent pools until SIGINT or SIGTERM."""
+    from flowforge import runtime
+
+    cfg = load_settings()
+    configure_logging(cfg)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        services = await asyncio.to_thread(runtime.resolve_services, cfg)
+        stack = runtime.Stack(cfg, services)
+        try:
+            await _serve(stack, stop)
+            typer.echo(f"coordinator running (postgres: {redact(services.database_url)}, redis: {services.redis_url})")
+            await stop.wait()
+            typer.echo("stopping…")
+        finally:
+            await asyncio.wait_for(stack.stop(), timeout=30)
+            services.stop()
+
+    with user_errors():
+        run_async(main())
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the Postgres schema (also done when a server starts)."""
+    from flowforge import runtime
+    from flowforge.backends.postgres import migrate as migrating
+
+    cfg = load_settings()
+    services = runtime.resolve_services(cfg)
+    try:
+        migrating.upgrade(services.database_url)
+        typer.echo("schema is up to date")
+    finally:
+        services.stop()
+
+
+@app.command()
+def demo(
+    examples_dir: Path = typer.Option(Path("examples"), help="Folder of example DAGs."),
+    port: int = typer.Option(0, help="API port for the demo (0: any free port)."),
+) -> None:
+    """Start the embedded stack, run every example DAG over the REST API with live progress,
+    print a final table, check each run ended as expected, and shut down."""
+    from flowforge import demo as demoing
+
+    cfg = load_settings()
+    configure_logging(cfg, "warning")
+    with user_errors():
+        ok = demoing.run_demo(examples_dir, port=port)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command("validate")
+def validate(file: Path) -> None:
+    """Check a DAG file (YAML, JSON, or a Python SDK module) and print every problem with its path."""
+    from flowforge import dagfile
+    from flowforge.domain import validation
+
+    with user_errors():
+        dag = validation.parse_dag(dagfile.load(file))
+    typer.echo(f"{file}: DAG '{dag.name}' is valid ({len(dag.tasks)} tasks)")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    tenant: str = typer.Option(..., help="The tenant the token acts for (created if new)."),
+    name: str = typer.Option("cli", help="A label to recognise the token by."),
+) -> None:
+    """Create an API token and print it (it is shown once; only its hash is stored)."""
+    import re
+
+    from flowforge import runtime
+    from flowforge.backends.postgres import catalog as catalog_mod, migrate as migrating
+    from flowforge.backends.postgres import store as pg_store
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", tenant):
+        raise fail("--tenant: use lowercase letters, digits and dashes (at most 63)", 2)
+    cfg = load_settings()
+    services = runtime.resolve_services(cfg)
+
+    async def main() -> str:
+        store = pg_store.PostgresStore.connect(services.database_url)
+        try:
+            return await catalog_mod.Catalog(store.engine).create_token(tenant, name)
+        finally:
+            await store.close()
+
+    try:
+        migrating.upgrade(services.database_url)
+        with user_errors():
+            typer.echo(run_async(main()))
+    finally:
+        services.stop()

@@ -1,0 +1,138 @@
+"""A small blocking client of the REST API, for the CLI, the demo and scripts.
+
+Where it connects: explicit arguments, else `FLOWFORGE_URL` and `FLOWFORGE_TOKEN`, else the
+credentials file `flowforge up` writes (`FLOWFORGE_CREDENTIALS`, default
+`<data_dir>/credentials.json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+class ApiError(Exception):
+    """A request the API refused (4xx/5xx), or could not be sent; `str()` is what to show a person."""
+
+    def __init__(self, status: int | None, problem: dict[str, Any] | None, message: str | None = None) -> None:
+        self.status = status
+        self.problem = problem or {}
+        super().__init__(message or self._render())
+
+    def _render(self) -> str:
+        lines = [f"{self.problem.get('detail') or self.problem.get('title') or 'request failed'} (HTTP {self.status})"]
+        for e in self.problem.get("errors") or ():
+            hint = f" (fix: {e['hint']})" if e.get("hint") else ""
+            lines.append(f"  {e.get('path', '?')}: {e.get('message', '')}{hint}")
+        return "\n".join(lines)
+
+
+def write_credentials(path: Path, url: str, token: str, tenant: str) -> None:
+    """Write the credentials file readable by its owner only (mode 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token, "tenant": tenant}, f)
+    os.chmod(path, 0o600)
+
+
+def read_credentials(path: Path) -> dict[str, str] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("url") and data.get("token") else None
+
+
+def credentials_path(data_dir: Path) -> Path:
+    explicit = os.environ.get("FLOWFORGE_CREDENTIALS")
+    return Path(explicit) if explicit else data_dir / CREDENTIALS_FILE
+
+
+class Client:
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+    @classmethod
+    def connect(cls, data_dir: Path, url: str | None = None, token: str | None = None) -> Client:
+        url = url or os.environ.get("FLOWFORGE_URL")
+        token = token or os.environ.get("FLOWFORGE_TOKEN")
+        if not (url and token):
+            path = credentials_path(data_dir)
+            saved = read_credentials(path)
+            if saved is None and not token:
+                raise ApiError(None, None, f"no API credentials: start `flowforge up` (it writes {path}), "
+                                           "or set FLOWFORGE_URL and FLOWFORGE_TOKEN")
+            url = url or (saved or {}).get("url") or "http://127.0.0.1:8080"
+            token = token or (saved or {})["token"]
+        return cls(url, token)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            r = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(None, None, f"cannot reach FlowForge at {self.url} ({exc.__class__.__name__}): "
+                                       "is `flowforge up` (or `flowforge api`) running?") from None
+        if r.status_code >= 400:
+            try:
+                problem = r.json()
+            except ValueError:
+                problem = {"detail": r.text[:500]}
+            raise ApiError(r.status_code, problem if isinstance(problem, dict) else {"detail": str(problem)})
+        return r
+
+    # ---- runs ----------------------------------------------------------------------------
+
+    def submit(self, dag: dict[str, Any] | None = None, *, name: str | None = None, version: int | None = None,
+               params: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"params": params or {}}
+        if dag is not None:
+            body["dag"] = dag
+        else:
+            body["name"] = name
+            if version is not None:
+                body["version"] = version
+        return self._call("POST", "/api/v1/runs", json=body).json()
+
+    def run(self, run_id: str, *, logs: bool = False) -> dict[str, Any]:
+        return self._call("GET", f"/api/v1/runs/{run_id}", params={"logs": str(logs).lower()}).json()
+
+    def runs(self, **filters: Any) -> dict[str, Any]:
+        return self._call("GET", "/api/v1/runs", params={k: v for k, v in filters.items() if v is not None}).json()
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/v1/runs/{run_id}/cancel").json()
+
+    def retry(self, run_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/v1/runs/{run_id}/retry").json()
+
+    # ---- DAG templates -------------------------------------------------------------------
+
+    def push_dag(self, dag: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Store `dag` as a template (a new version if it changed); return it and whether it is new."""
+        name = dag.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(None, None, "the DAG has no `name`; add one, it names the template")
+        r = self._call("PUT", f"/api/v1/dags/{name}", json=dag)
+        return r.json(), r.status_code == 201
+
+    def dags(self, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        return self._call("GET", "/api/v1/dags", params={"limit": limit, **({"cursor": cursor} if cursor else {})}).json()
+
+    def dag(self, name: str, version: int | None = None) -> dict[str, Any]:
+        return self._call("GET", f"/api/v1/dags/{name}", params={"version": version} if version else {}).json()
+
+    def delete_dag(self, name: str) -> None:
+        self._call("DELETE", f"/api/v1/dags/{name}")
+
+    def ready(self) -> dict[str, Any]:
+        return self._call("GET", "/readyz").json()
