@@ -214,6 +214,8 @@ class Stack:
         self._stopping.set()
         if self.api is not None:
             await self.api.stop()
+        if self.submitter is not None:
+            await self.submitter.aclose()
         if self.coordinator is not None:
             self.coordinator.stop()
             c = self.coordinator

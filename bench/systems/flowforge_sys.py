@@ -95,6 +95,21 @@ def setup() -> None:
             raise RuntimeError("flowforge coordinator exited:\n" + "".join(seen[-30:]))
     else:
         raise RuntimeError("flowforge coordinator did not start in 180 s")
+    api_port = _free_port()
+    api = subprocess.Popen([sys.executable, "-m", "flowforge", "api", "--port", str(api_port)], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _state["api"] = api
+    while time.monotonic() < deadline:
+        line = api.stdout.readline()
+        seen.append(line)
+        if "API listening on" in line:
+            break
+        if api.poll() is not None:
+            raise RuntimeError("flowforge api exited:\n" + "".join(seen[-30:]))
+    else:
+        raise RuntimeError("flowforge api did not start in 180 s")
+    threading.Thread(target=lambda: [None for _ in api.stdout], daemon=True).start()
+    _state["api_url"] = f"http://127.0.0.1:{api_port}"
     echo = bool(os.environ.get("BENCH_FF_LOG_LEVEL"))
     threading.Thread(target=lambda: [print(ln, end="") if echo else None for ln in proc.stdout],
                      daemon=True).start()  # drain (or show) its output
@@ -103,20 +118,28 @@ def setup() -> None:
     queue = redis_streams.RedisQueue.connect(redis_url)
     cat = catalog.Catalog(store.engine)
     loop.run_until_complete(cat.ensure_tenant("default"))
+    _state["token"] = loop.run_until_complete(cat.create_token("default", "bench"))
     _state.update(loop=loop, store=store, catalog=cat, queue=queue, db_url=db_url,
                   submitter=submission.Submitter(store, cat, queue, partitions=1),
                   poll=psycopg.connect(db_url, autocommit=True))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def teardown() -> None:
-    proc = _state.pop("proc", None)
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    for key in ("api", "proc"):
+        proc = _state.pop(key, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     loop = _state.pop("loop", None)
     if loop is not None:
         loop.run_until_complete(_state.pop("queue").close())
@@ -174,6 +197,74 @@ def fanout10k(n: int = 10_000) -> dict[str, float]:
     _run(dag, {"items": list(range(500))})  # warm-up
     _, elapsed = _run(dag, {"items": list(range(n))})
     return {"tasks_per_s": n / elapsed}
+
+
+def _ten_task_dag() -> dict:
+    fn = "bench.systems.ff_tasks:noop"
+    middle = [{"name": f"m{i}", "fn": fn, "args": [i], "depends": ["root"]} for i in range(8)]
+    return {"name": "submit10", "tasks": [{"name": "root", "fn": fn, "args": [0]}, *middle,
+                                          {"name": "join", "fn": fn, "args": [9], "depends": [m["name"] for m in middle]}]}
+
+
+def _wait_succeeded(run_ids: list[str], timeout: float = 600) -> float:
+    poll, deadline = _state["poll"], time.monotonic() + timeout
+    while True:
+        rows = poll.execute("SELECT status, count(*) FROM runs WHERE id = ANY(%s::uuid[]) GROUP BY status",
+                            (run_ids,)).fetchall()
+        counts = dict(rows)
+        if counts.get("succeeded", 0) == len(run_ids):
+            return time.perf_counter()
+        if counts.get("failed") or counts.get("cancelled"):
+            raise RuntimeError(f"benchmark runs ended badly: {counts}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"runs unfinished: {counts}")
+        time.sleep(0.01)
+
+
+def submit(sequential: int = 200, concurrent: int = 300, clients: int = 8) -> dict[str, float]:
+    """Runs of a 10-task DAG over REST, against the separate `flowforge api` process."""
+    import httpx
+
+    from bench.stats import percentile
+
+    body = {"dag": _ten_task_dag()}
+    headers = {"Authorization": f"Bearer {_state['token']}"}
+    with httpx.Client(base_url=_state["api_url"], headers=headers, timeout=60) as http:
+        def post() -> tuple[str, float]:
+            t0 = time.perf_counter()
+            r = http.post("/api/v1/runs", json=body)
+            took = time.perf_counter() - t0
+            if r.status_code != 201:
+                raise RuntimeError(f"submit answered {r.status_code}: {r.text[:300]}")
+            return r.json()["id"], took
+
+        _wait_succeeded([post()[0] for _ in range(20)])  # warm-up
+        lat, ids = [], []
+        for _ in range(sequential):
+            run_id, took = post()
+            ids.append(run_id)
+            lat.append(took * 1000)
+        _wait_succeeded(ids)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client_loop(n: int) -> list[str]:
+        with httpx.Client(base_url=_state["api_url"], headers=headers, timeout=60) as c:
+            out = []
+            for _ in range(n):
+                r = c.post("/api/v1/runs", json=body)
+                if r.status_code != 201:
+                    raise RuntimeError(f"submit answered {r.status_code}: {r.text[:300]}")
+                out.append(r.json()["id"])
+            return out
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        batches = list(pool.map(client_loop, [concurrent // clients] * clients))
+    done = _wait_succeeded([i for b in batches for i in b])
+    n = sum(len(b) for b in batches)
+    return {"submit_ms_p50": percentile(lat, 50), "submit_ms_p95": percentile(lat, 95),
+            "runs_per_s": n / (done - t0)}
 
 
 if __name__ == "__main__":
