@@ -83,7 +83,7 @@ def setup() -> None:
     )
     proc = subprocess.Popen([sys.executable, "-m", "flowforge", "coordinator"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    _state.update(proc=proc, admin=admin, db=db, services=started)
+    _state.update(proc=proc, admin=admin, db=db, services=started, env=env)
     deadline = time.monotonic() + 180
     seen = []
     while time.monotonic() < deadline:
@@ -95,6 +95,25 @@ def setup() -> None:
             raise RuntimeError("flowforge coordinator exited:\n" + "".join(seen[-30:]))
     else:
         raise RuntimeError("flowforge coordinator did not start in 180 s")
+    echo = bool(os.environ.get("BENCH_FF_LOG_LEVEL"))
+    threading.Thread(target=lambda: [print(ln, end="") if echo else None for ln in proc.stdout],
+                     daemon=True).start()  # drain (or show) its output
+    loop = asyncio.new_event_loop()
+    store = pg_store.PostgresStore.connect(db_url)
+    queue = redis_streams.RedisQueue.connect(redis_url)
+    cat = catalog.Catalog(store.engine)
+    loop.run_until_complete(cat.ensure_tenant("default"))
+    _state["token"] = loop.run_until_complete(cat.create_token("default", "bench"))
+    _state.update(loop=loop, store=store, catalog=cat, queue=queue, db_url=db_url,
+                  submitter=submission.Submitter(store, cat, queue, partitions=1),
+                  poll=psycopg.connect(db_url, autocommit=True))
+
+
+def _ensure_api() -> str:
+    """Start `flowforge api` as its own process (only the submit scenario needs it)."""
+    if "api_url" in _state:
+        return _state["api_url"]
+    env, seen, deadline = _state["env"], [], time.monotonic() + 180
     api_port = _free_port()
     api = subprocess.Popen([sys.executable, "-m", "flowforge", "api", "--port", str(api_port)], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -110,18 +129,7 @@ def setup() -> None:
         raise RuntimeError("flowforge api did not start in 180 s")
     threading.Thread(target=lambda: [None for _ in api.stdout], daemon=True).start()
     _state["api_url"] = f"http://127.0.0.1:{api_port}"
-    echo = bool(os.environ.get("BENCH_FF_LOG_LEVEL"))
-    threading.Thread(target=lambda: [print(ln, end="") if echo else None for ln in proc.stdout],
-                     daemon=True).start()  # drain (or show) its output
-    loop = asyncio.new_event_loop()
-    store = pg_store.PostgresStore.connect(db_url)
-    queue = redis_streams.RedisQueue.connect(redis_url)
-    cat = catalog.Catalog(store.engine)
-    loop.run_until_complete(cat.ensure_tenant("default"))
-    _state["token"] = loop.run_until_complete(cat.create_token("default", "bench"))
-    _state.update(loop=loop, store=store, catalog=cat, queue=queue, db_url=db_url,
-                  submitter=submission.Submitter(store, cat, queue, partitions=1),
-                  poll=psycopg.connect(db_url, autocommit=True))
+    return _state["api_url"]
 
 
 def _free_port() -> int:
@@ -131,6 +139,7 @@ def _free_port() -> int:
 
 
 def teardown() -> None:
+    _state.pop("api_url", None)
     for key in ("api", "proc"):
         proc = _state.pop(key, None)
         if proc is not None and proc.poll() is None:
@@ -229,7 +238,8 @@ def submit(sequential: int = 200, concurrent: int = 300, clients: int = 8) -> di
 
     body = {"dag": _ten_task_dag()}
     headers = {"Authorization": f"Bearer {_state['token']}"}
-    with httpx.Client(base_url=_state["api_url"], headers=headers, timeout=60) as http:
+    url = _ensure_api()
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
         def post() -> tuple[str, float]:
             t0 = time.perf_counter()
             r = http.post("/api/v1/runs", json=body)
@@ -249,7 +259,7 @@ def submit(sequential: int = 200, concurrent: int = 300, clients: int = 8) -> di
     from concurrent.futures import ThreadPoolExecutor
 
     def client_loop(n: int) -> list[str]:
-        with httpx.Client(base_url=_state["api_url"], headers=headers, timeout=60) as c:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
             out = []
             for _ in range(n):
                 r = c.post("/api/v1/runs", json=body)
