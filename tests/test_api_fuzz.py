@@ -29,11 +29,13 @@ def test_the_fuzzed_operations_are_every_route(api_schema):
     assert found == set(OPERATIONS)
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
-@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+# Negative (malformed) generation needs something to get wrong: the health routes take nothing.
+CASES = [(m, p, mode) for m, p in OPERATIONS for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+         if mode is GenerationMode.POSITIVE or p not in ("/healthz", "/readyz")]
+
+
+@pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{m} {p} {mode.value}" for m, p, mode in CASES])
 def test_no_request_gets_a_server_error(api, api_schema, method, path, mode):
-    if mode is GenerationMode.NEGATIVE and path in ("/healthz", "/readyz"):
-        pytest.skip("no parameters or body to get wrong")
     operation = api_schema[path][method]
     auth = {"Authorization": f"Bearer {api.token}"}
 

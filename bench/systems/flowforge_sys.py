@@ -81,23 +81,8 @@ def setup() -> None:
         FLOWFORGE_COORDINATOR__PREFETCH=os.environ.get("BENCH_FF_PREFETCH", "1.0"),
         FLOWFORGE_LOGGING__LEVEL=os.environ.get("BENCH_FF_LOG_LEVEL", "warning"),
     )
-    proc = subprocess.Popen([sys.executable, "-m", "flowforge", "coordinator"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    _state.update(proc=proc, admin=admin, db=db, services=started, env=env)
-    deadline = time.monotonic() + 180
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        seen.append(line)
-        if "coordinator running" in line:
-            break
-        if proc.poll() is not None:
-            raise RuntimeError("flowforge coordinator exited:\n" + "".join(seen[-30:]))
-    else:
-        raise RuntimeError("flowforge coordinator did not start in 180 s")
-    echo = bool(os.environ.get("BENCH_FF_LOG_LEVEL"))
-    threading.Thread(target=lambda: [print(ln, end="") if echo else None for ln in proc.stdout],
-                     daemon=True).start()  # drain (or show) its output
+    _state.update(admin=admin, db=db, services=started, env=env)
+    _state["proc"] = _start("coordinator", "coordinator running", echo=bool(os.environ.get("BENCH_FF_LOG_LEVEL")))
     loop = asyncio.new_event_loop()
     store = pg_store.PostgresStore.connect(db_url)
     queue = redis_streams.RedisQueue.connect(redis_url)
@@ -109,26 +94,32 @@ def setup() -> None:
                   poll=psycopg.connect(db_url, autocommit=True))
 
 
+def _start(command: str, ready: str, *args: str, echo: bool = False) -> subprocess.Popen[str]:
+    """Start `flowforge <command>` as its own process; return once it prints `ready`."""
+    proc = subprocess.Popen([sys.executable, "-m", "flowforge", command, *args], cwd=ROOT, env=_state["env"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline, seen = time.monotonic() + 180, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if ready in line:
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(f"flowforge {command} exited:\n" + "".join(seen[-30:]))
+    else:
+        proc.kill()
+        raise RuntimeError(f"flowforge {command} did not start in 180 s")
+    threading.Thread(target=lambda: [print(ln, end="") if echo else None for ln in proc.stdout],
+                     daemon=True).start()  # drain (or show) its output
+    return proc
+
+
 def _ensure_api() -> str:
     """Start `flowforge api` as its own process (only the submit scenario needs it)."""
-    if "api_url" in _state:
-        return _state["api_url"]
-    env, seen, deadline = _state["env"], [], time.monotonic() + 180
-    api_port = _free_port()
-    api = subprocess.Popen([sys.executable, "-m", "flowforge", "api", "--port", str(api_port)], cwd=ROOT, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    _state["api"] = api
-    while time.monotonic() < deadline:
-        line = api.stdout.readline()
-        seen.append(line)
-        if "API listening on" in line:
-            break
-        if api.poll() is not None:
-            raise RuntimeError("flowforge api exited:\n" + "".join(seen[-30:]))
-    else:
-        raise RuntimeError("flowforge api did not start in 180 s")
-    threading.Thread(target=lambda: [None for _ in api.stdout], daemon=True).start()
-    _state["api_url"] = f"http://127.0.0.1:{api_port}"
+    if "api_url" not in _state:
+        port = _free_port()
+        _state["api"] = _start("api", "API listening on", "--port", str(port))
+        _state["api_url"] = f"http://127.0.0.1:{port}"
     return _state["api_url"]
 
 

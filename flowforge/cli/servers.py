@@ -16,11 +16,40 @@ from flowforge.cli.base import (
 ADMIN_TENANT = "default"
 
 
-async def _serve(stack, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stack.start()
+def _run_stack(cfg, started, **stack_options) -> None:  # type: ignore[no-untyped-def]
+    """Start a Stack, call `started(stack, services)` to announce it, serve until SIGINT or
+    SIGTERM, then stop the stack and any embedded servers."""
+    from flowforge import runtime
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        services = await asyncio.to_thread(runtime.resolve_services, cfg)
+        stack = runtime.Stack(cfg, services, **stack_options)
+        try:
+            await stack.start()
+            await started(stack, services)
+            await stop.wait()
+            typer.echo("stopping…")
+        finally:
+            try:
+                await asyncio.wait_for(stack.stop(), timeout=60)
+            finally:
+                await asyncio.to_thread(services.stop)
+
+    with user_errors():
+        run_async(main())
+
+
+def _with_api(cfg, port: int | None, host: str | None):  # type: ignore[no-untyped-def]
+    api = cfg.api.model_copy(update={k: v for k, v in (("port", port), ("host", host)) if v is not None})
+    return cfg.model_copy(update={"api": api})
+
+
+PORT = typer.Option(None, min=0, max=65535, help="API port (default: api.port, 8080).")
+HOST = typer.Option(None, help="API address (default: api.host, 127.0.0.1).")
 
 
 async def _admin_token(catalog, path: Path, url: str) -> str:  # type: ignore[no-untyped-def]
@@ -37,99 +66,50 @@ async def _admin_token(catalog, path: Path, url: str) -> str:  # type: ignore[no
 
 
 @app.command()
-def up(
-    port: int = typer.Option(None, help="API port (default: api.port, 8080)."),
-    host: str = typer.Option(None, help="API address (default: api.host, 127.0.0.1)."),
-) -> None:
+def up(port: int = PORT, host: str = HOST) -> None:
     """Run everything in one process: Postgres, Redis (embedded unless their URLs are set), a
     local Ray, the agent pools, the coordinator and the REST API. Ctrl-C stops it all."""
-    from flowforge import client as client_mod, runtime
+    from flowforge import client as client_mod
 
-    cfg = load_settings()
-    api = cfg.api.model_copy(update={k: v for k, v in (("port", port), ("host", host)) if v is not None})
-    cfg = cfg.model_copy(update={"api": api, "logging": cfg.logging.model_copy(update={"level": "warning"})})
+    cfg = _with_api(load_settings(), port, host)
+    cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"level": "warning"})})
     configure_logging(cfg)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        typer.echo("starting Postgres, Redis, Ray, the agent pools, the coordinator and the API…")
-        services = await asyncio.to_thread(runtime.resolve_services, cfg)
-        stack = runtime.Stack(cfg, services, with_api=True)
-        try:
-            await _serve(stack, stop)
-            assert stack.api is not None and stack.catalog is not None
-            path = client_mod.credentials_path(cfg.data_dir).resolve()
-            await _admin_token(stack.catalog, path, stack.api.url)
-            typer.echo(f"FlowForge is up at {stack.api.url} (API docs: {stack.api.url}/docs)")
-            typer.echo(f"  postgres: {redact(services.database_url)}   redis: {services.redis_url}")
-            typer.echo(f"  admin token written to {path} (mode 0600); the flowforge CLI reads it")
-            typer.echo("  try: flowforge submit examples/diamond.yaml --wait      stop: Ctrl-C")
-            await stop.wait()
-            typer.echo("stopping…")
-        finally:
-            try:
-                await asyncio.wait_for(stack.stop(), timeout=60)
-            finally:
-                await asyncio.to_thread(services.stop)
-        typer.echo("stopped")
+    async def started(stack, services) -> None:  # type: ignore[no-untyped-def]
+        path = client_mod.credentials_path(cfg.data_dir).resolve()
+        await _admin_token(stack.catalog, path, stack.api.url)
+        typer.echo(f"FlowForge is up at {stack.api.url} (API docs: {stack.api.url}/docs)")
+        typer.echo(f"  postgres: {redact(services.database_url)}   redis: {services.redis_url}")
+        typer.echo(f"  admin token written to {path} (mode 0600); the flowforge CLI reads it")
+        typer.echo("  try: flowforge submit examples/diamond.yaml --wait      stop: Ctrl-C")
 
-    with user_errors():
-        run_async(main())
+    typer.echo("starting Postgres, Redis, Ray, the agent pools, the coordinator and the API…")
+    _run_stack(cfg, started, with_api=True)
+    typer.echo("stopped")
 
 
 @app.command()
-def api(
-    port: int = typer.Option(None, help="API port (default: api.port, 8080)."),
-    host: str = typer.Option(None, help="API address (default: api.host)."),
-) -> None:
+def api(port: int = PORT, host: str = HOST) -> None:
     """Run the REST API only, against configured Postgres and Redis (scale it out freely)."""
-    from flowforge import runtime
-
-    cfg = load_settings()
-    api_cfg = cfg.api.model_copy(update={k: v for k, v in (("port", port), ("host", host)) if v is not None})
-    cfg = cfg.model_copy(update={"api": api_cfg})
+    cfg = _with_api(load_settings(), port, host)
     configure_logging(cfg)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        services = await asyncio.to_thread(runtime.resolve_services, cfg)
-        stack = runtime.Stack(cfg, services, with_coordinator=False, with_api=True)
-        try:
-            await _serve(stack, stop)
-            assert stack.api is not None
-            typer.echo(f"API listening on {stack.api.url}")
-            await stop.wait()
-        finally:
-            await asyncio.wait_for(stack.stop(), timeout=30)
-            services.stop()
+    async def started(stack, services) -> None:  # type: ignore[no-untyped-def]
+        typer.echo(f"API listening on {stack.api.url}")
 
-    with user_errors():
-        run_async(main())
+    _run_stack(cfg, started, with_coordinator=False, with_api=True)
 
 
 @app.command()
 def coordinator() -> None:
     """Run the coordinator, the reconciler and the agent pools until SIGINT or SIGTERM."""
-    from flowforge import runtime
-
     cfg = load_settings()
     configure_logging(cfg)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        services = await asyncio.to_thread(runtime.resolve_services, cfg)
-        stack = runtime.Stack(cfg, services)
-        try:
-            await _serve(stack, stop)
-            typer.echo(f"coordinator running (postgres: {redact(services.database_url)}, redis: {services.redis_url})")
-            await stop.wait()
-            typer.echo("stopping…")
-        finally:
-            await asyncio.wait_for(stack.stop(), timeout=30)
-            services.stop()
+    async def started(stack, services) -> None:  # type: ignore[no-untyped-def]
+        typer.echo(f"coordinator running (postgres: {redact(services.database_url)}, redis: {services.redis_url})")
 
-    with user_errors():
-        run_async(main())
+    _run_stack(cfg, started)
 
 
 @app.command()
