@@ -10,8 +10,11 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import httpx
+
+_json = json  # `json` is also the name of the request-body argument below
 
 CREDENTIALS_FILE = "credentials.json"
 
@@ -54,6 +57,24 @@ def credentials_path(data_dir: Path) -> Path:
     return Path(explicit) if explicit else data_dir / CREDENTIALS_FILE
 
 
+def _seg(value: str) -> str:
+    """One path segment: a `/` or `..` in an id or name cannot reach another route."""
+    seg = quote(value, safe="")
+    return seg.replace(".", "%2E") if set(seg) == {"."} else seg
+
+
+def _same_server(a: str, b: str) -> bool:
+    def norm(u: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(u.rstrip("/"))
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        return parts.scheme, (parts.hostname or "").lower(), port
+
+    try:
+        return norm(a) == norm(b)
+    except ValueError:
+        return False
+
+
 class Client:
     def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
@@ -69,6 +90,10 @@ class Client:
             if saved is None and not token:
                 raise ApiError(None, None, f"no API credentials: start `flowforge up` (it writes {path}), "
                                            "or set FLOWFORGE_URL and FLOWFORGE_TOKEN")
+            if saved is not None and not token and url and not _same_server(url, saved["url"]):
+                # The saved token belongs to the server that saved it; never send it elsewhere.
+                raise ApiError(None, None, f"no token for {url}: the credentials file {path} is for "
+                                           f"{saved['url']}; pass --token or set FLOWFORGE_TOKEN")
             url = url or (saved or {}).get("url") or "http://127.0.0.1:8080"
             token = token or (saved or {})["token"]
         return cls(url, token)
@@ -76,7 +101,14 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(self, method: str, path: str, *, json: Any = None, **kwargs: Any) -> httpx.Response:
+        if json is not None:
+            try:
+                kwargs["content"] = _json.dumps(json, allow_nan=False).encode()
+            except ValueError:
+                raise ApiError(None, None, "a value is NaN or Infinity, which JSON cannot carry; "
+                                           "send a number, or the text in quotes") from None
+            kwargs["headers"] = {"Content-Type": "application/json"}
         try:
             r = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -104,16 +136,16 @@ class Client:
         return self._call("POST", "/api/v1/runs", json=body).json()
 
     def run(self, run_id: str, *, logs: bool = False) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/runs/{run_id}", params={"logs": str(logs).lower()}).json()
+        return self._call("GET", f"/api/v1/runs/{_seg(run_id)}", params={"logs": str(logs).lower()}).json()
 
     def runs(self, **filters: Any) -> dict[str, Any]:
         return self._call("GET", "/api/v1/runs", params={k: v for k, v in filters.items() if v is not None}).json()
 
     def cancel(self, run_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/api/v1/runs/{run_id}/cancel").json()
+        return self._call("POST", f"/api/v1/runs/{_seg(run_id)}/cancel").json()
 
     def retry(self, run_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/api/v1/runs/{run_id}/retry").json()
+        return self._call("POST", f"/api/v1/runs/{_seg(run_id)}/retry").json()
 
     # ---- DAG templates -------------------------------------------------------------------
 
@@ -122,17 +154,17 @@ class Client:
         name = dag.get("name")
         if not isinstance(name, str) or not name:
             raise ApiError(None, None, "the DAG has no `name`; add one, it names the template")
-        r = self._call("PUT", f"/api/v1/dags/{name}", json=dag)
+        r = self._call("PUT", f"/api/v1/dags/{_seg(name)}", json=dag)
         return r.json(), r.status_code == 201
 
     def dags(self, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
         return self._call("GET", "/api/v1/dags", params={"limit": limit, **({"cursor": cursor} if cursor else {})}).json()
 
     def dag(self, name: str, version: int | None = None) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/dags/{name}", params={"version": version} if version else {}).json()
+        return self._call("GET", f"/api/v1/dags/{_seg(name)}", params={"version": version} if version else {}).json()
 
     def delete_dag(self, name: str) -> None:
-        self._call("DELETE", f"/api/v1/dags/{name}")
+        self._call("DELETE", f"/api/v1/dags/{_seg(name)}")
 
     def ready(self) -> dict[str, Any]:
         return self._call("GET", "/readyz").json()

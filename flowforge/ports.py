@@ -49,6 +49,7 @@ class RunWrite:
     cancel_requested: bool
     error: str | None
     at: float
+    retries: int = 0
 
 
 @dataclass
@@ -162,3 +163,5 @@ class DagVersion:
     version: int
     spec: dict[str, Any]
     created_at: datetime
+    stored: bool = False  # this call stored it (False: an equal latest version was returned)
+    first: bool = False  # no live version of this name existed before this one was stored

@@ -44,8 +44,20 @@ class Services:
         self.started.clear()
 
 
-def resolve_services(cfg: settings_mod.Settings) -> Services:
-    """Use configured URLs; start embedded servers for those left unset."""
+def resolve_services(cfg: settings_mod.Settings, *, embedded_for: str | None = None) -> Services:
+    """Use configured URLs; start embedded servers for those left unset. A process that shares
+    its services with others (`embedded_for` names it: `flowforge api`, ...) must be given their
+    URLs: a private embedded server would be a world of its own."""
+    if embedded_for is not None:
+        missing = [f"{group}.url ({env})" for group, url, env in (
+            ("database", cfg.database.url, "FLOWFORGE_DATABASE__URL"),
+            ("redis", cfg.redis.url, "FLOWFORGE_REDIS__URL"),
+        ) if not url]
+        if missing:
+            raise errors.ConfigError(
+                f"`{embedded_for}` needs the shared Postgres and Redis: set {' and '.join(missing)}; "
+                "or run `flowforge up`, which starts everything embedded in one process"
+            )
     started = []
     db = cfg.database.url
     if not db:

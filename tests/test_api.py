@@ -127,7 +127,7 @@ def test_malformed_requests_get_4xx_problems(api):
     assert body["errors"][0]["path"] == "query"
     _problem(api.get("/api/v1/dags/a%00b"), 422)
     body = _problem(api.post("/api/v1/runs", json={"dag": DIAMOND, "params": {"x": "a\x00"}}), 422)
-    assert body["errors"][0]["path"] == "body" and "NUL" in body["errors"][0]["message"]
+    assert body["errors"][0]["path"] == "body.params.x" and "NUL" in body["errors"][0]["message"]
     _problem(api.get("/api/v1/nowhere"), 404)
     _problem(api.patch("/api/v1/runs"), 405)
 

@@ -127,3 +127,65 @@ def test_validate_command_reports_every_problem(tmp_path):
     good = subprocess.run([sys.executable, "-m", "flowforge", "validate", str(ROOT / "examples/diamond.yaml")],
                           cwd=ROOT, capture_output=True, text=True)
     assert good.returncode == 0 and "is valid (4 tasks)" in good.stdout
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flowforge", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env or dict(os.environ), timeout=120)
+
+
+def test_awkward_files_and_params_get_messages_not_tracebacks(tmp_path, api):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\u00e9\ntasks: []\n".encode("latin-1"))
+    nan = tmp_path / "nan.yaml"
+    nan.write_text("name: nan\nparams: {x: .nan}\ntasks: [{name: a, fn: 'm:f'}]\n")
+    broken = tmp_path / "broken_build.py"
+    broken.write_text("def build():\n    raise RuntimeError('no DAG today')\n")
+    env = dict(os.environ, FLOWFORGE_URL=api.base_url, FLOWFORGE_TOKEN=api.token)
+    for args, code, says in [
+        (("validate", str(latin)), 2, "not UTF-8"),
+        (("validate", str(nan)), 2, "NaN or Infinity"),
+        (("submit", str(latin)), 2, "not UTF-8"),
+        # NaN is not JSON: it is passed as the text "NaN" (and the API decides), never a crash.
+        (("submit", "examples/diamond.yaml", "-p", "factor=NaN"), 0, ""),
+        (("submit", "examples/diamond.yaml", "-p", "nope=-Infinity"), 2, "params.nope"),
+        (("run", "../dags"), 2, "404"),  # one path segment: it cannot reach /api/v1/dags
+        (("run", "not-a-run"), 2, "not found"),
+    ]:
+        out = _cli(*args, env=env)
+        assert "Traceback" not in out.stderr, (args, out.stderr)
+        assert out.returncode == code and says in out.stderr, (args, out.returncode, out.stdout, out.stderr)
+        if code == 0:
+            run_id = out.stdout.split()[1]
+            assert api.get(f"/api/v1/runs/{run_id}").json()["params"]["factor"] == "NaN"
+    out = subprocess.run([sys.executable, "-m", "flowforge", "validate", str(broken.relative_to(tmp_path))],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 2 and "build() failed" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_the_saved_token_goes_only_to_the_server_that_saved_it(tmp_path, api):
+    from flowforge import client
+
+    creds = tmp_path / "credentials.json"
+    client.write_credentials(creds, api.base_url, api.token, "default")
+    env = {k: v for k, v in os.environ.items() if k not in ("FLOWFORGE_URL", "FLOWFORGE_TOKEN")}
+    env["FLOWFORGE_CREDENTIALS"] = str(creds)
+    assert _cli("runs", env=env).returncode == 0
+    assert _cli("runs", "--url", api.base_url + "/", env=env).returncode == 0  # the same server
+    elsewhere = _cli("runs", "--url", "http://127.0.0.1:9/", env=env)
+    assert elsewhere.returncode != 0 and "no token for http://127.0.0.1:9/" in elsewhere.stderr
+    assert api.token not in elsewhere.stderr + elsewhere.stdout
+    explicit = _cli("runs", "--url", "http://127.0.0.1:9/", "--token", "ff_x", env=env)
+    assert "cannot reach FlowForge" in explicit.stderr
+
+
+@pytest.mark.parametrize("command", ["api", "coordinator"])
+def test_shared_processes_refuse_to_start_without_service_urls(tmp_path, command):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWFORGE_")}
+    env["FLOWFORGE_DATA_DIR"] = str(tmp_path)
+    out = _cli(command, env=env)
+    assert out.returncode == 1, out.stderr
+    assert "FLOWFORGE_DATABASE__URL" in out.stderr and "FLOWFORGE_REDIS__URL" in out.stderr
+    assert "flowforge up" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.iterdir())  # nothing embedded was started

@@ -151,13 +151,21 @@ def test_retrying_a_finished_run_reaches_a_lawful_terminal_state_again(dag, data
     if world.run.status == RunStatus.SUCCEEDED:
         assert world.step(machine.Retry()) == []  # nothing to retry
         return
-    world.step(machine.Retry())
+    world.step(machine.Retry(0))
+    assert world.run.retries == 1
     assert world.run.status == RunStatus.RUNNING or world.run.status in RUN_TERMINAL
     drive_after = world.run.status not in RUN_TERMINAL
     if drive_after:
         drive(world, data, allow_cancel=False)
     for key, n in first.items():
         assert world.run.tasks[key].attempt >= n  # history kept: attempts only grow
+    # The same retry relayed again, or a cancel asked before it, changes nothing any more.
+    attempts = {k: (t.status, t.attempt) for k, t in world.run.tasks.items()}
+    status = world.run.status
+    assert world.step(machine.Retry(0)) == [] or status not in RUN_TERMINAL
+    assert world.step(machine.Cancel(0)) == []
+    assert world.run.status == status and world.run.retries == 1
+    assert {k: (t.status, t.attempt) for k, t in world.run.tasks.items()} == attempts
 
 
 def test_retry_backoff_timer_then_new_attempt():

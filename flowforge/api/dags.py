@@ -18,11 +18,12 @@ NamePath = Path(..., pattern=spec.NAME_PATTERN, max_length=64, description="The 
 SpecBody = Body(..., description="A DAG spec (see the DAG spec reference in the README).")
 
 
-async def _out(ctx: ApiContext, tenant: str, name: str, version: int | None = None) -> schemas.DagOut:
-    stored = await ctx.catalog.get_template(tenant, PROJECT, name, version)
+async def _out(ctx: ApiContext, tenant: str, name: str, version: int | None = None,
+               stored: bool | None = None) -> schemas.DagOut:
+    found = await ctx.catalog.get_template(tenant, PROJECT, name, version)
     versions = [v["version"] for v in await ctx.catalog.template_versions(tenant, PROJECT, name)]
-    return schemas.DagOut(name=stored.name, version=stored.version, created_at=stored.created_at,
-                          spec=stored.spec, versions=versions)
+    return schemas.DagOut(name=found.name, version=found.version, created_at=found.created_at,
+                          spec=found.spec, versions=versions, stored=stored)
 
 
 @router.post("", status_code=201, response_model=schemas.DagOut, summary="Store a new DAG template")
@@ -33,13 +34,9 @@ async def create_dag(
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.DagOut:
     parsed, _ = ctx.submitter.validate(dag)
-    if await ctx.catalog.template_exists(who.tenant, PROJECT, parsed.name):
-        raise errors.Conflict(
-            f"DAG '{parsed.name}' exists; PUT /api/v1/dags/{parsed.name} stores a new version of it"
-        )
-    stored = await ctx.catalog.put_version(who.tenant, PROJECT, parsed, template=True)
+    stored = await ctx.catalog.put_version(who.tenant, PROJECT, parsed, template=True, create_only=True)
     response.headers["Location"] = f"/api/v1/dags/{stored.name}"
-    return await _out(ctx, who.tenant, stored.name, stored.version)
+    return await _out(ctx, who.tenant, stored.name, stored.version, stored.stored)
 
 
 @router.get("", response_model=schemas.DagPage, summary="List DAG templates (latest versions)")
@@ -85,11 +82,10 @@ async def put_dag(
         raise errors.InvalidInput("name", f"the body names '{dag.get('name')}' but the path names '{name}'",
                                   f"use the same name in both, or PUT to /api/v1/dags/{dag.get('name')}")
     parsed, _ = ctx.submitter.validate({**dag, "name": name} if isinstance(dag, dict) else dag)
-    existed = await ctx.catalog.template_exists(who.tenant, PROJECT, name)
     stored = await ctx.catalog.put_version(who.tenant, PROJECT, parsed, template=True)
-    if not existed:
+    if stored.first:
         response.status_code = 201
-    return await _out(ctx, who.tenant, stored.name, stored.version)
+    return await _out(ctx, who.tenant, stored.name, stored.version, stored.stored)
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a DAG template (every version)",

@@ -1,5 +1,5 @@
-"""Request guards applied before the routes: a body size bound (413), and no NUL characters,
-which Postgres text cannot hold (422 naming where)."""
+"""Request guards applied before the routes: a body size bound (413); a body must be UTF-8
+(400); no NUL characters or lone surrogates, which Postgres text cannot hold (422 naming where)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import re
 from typing import Any
 
 _DRAIN_LIMIT = 64 << 20  # bytes of an oversized body read and dropped before answering 413
-# A JSON-escaped NUL (\u0000), not an escaped backslash followed by "u0000".
-_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+# Escapes that may decode to a string Postgres cannot store: NUL, or a UTF-16 surrogate.
+_SUSPECT = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 Scope = dict[str, Any]
 
 
 class RequestGuard:
     """ASGI middleware: buffer at most `max_bytes` of a request body, refusing a larger one with
-    413 without reading further; refuse NUL characters in the path, query or JSON body."""
+    413 without reading further; refuse a body that is not UTF-8, and NUL characters or lone
+    surrogates in the path, query or JSON body."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app = app
@@ -55,10 +56,9 @@ class RequestGuard:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        if b"\\u0000" in body and _JSON_NUL.search(body):
-            await _problem(send, 422, "the body contains a NUL character",
-                           {"path": "body", "message": "a string contains a NUL character (\\u0000), which cannot be stored",
-                            "hint": "remove it, or encode binary data (base64)"})
+        refused = body_problem(body)
+        if refused is not None:
+            await _problem(send, *refused)
             return
         sent = False
 
@@ -77,8 +77,63 @@ class RequestGuard:
                         "hint": "send a smaller body, or raise api.max_body_bytes"}, close=True)
 
 
+def body_problem(body: bytes) -> tuple[int, str, dict[str, str]] | None:
+    """Why `body` is refused before any route sees it, or None."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return 400, "the body is not UTF-8", {
+            "path": "body", "message": f"invalid UTF-8 at byte {exc.start}",
+            "hint": "send the JSON document encoded as UTF-8",
+        }
+    if "\\u" not in text or not _SUSPECT.search(text):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None  # malformed JSON: the route answers 400 with the parser's message
+    found = _bad_string(doc)
+    if found is None:
+        return None
+    path, message = found
+    return 422, f"{path}: {message}", {
+        "path": path, "message": message, "hint": "remove it, or encode binary data (base64)",
+    }
+
+
+def _bad_string(doc: Any) -> tuple[str, str] | None:
+    """The path of the first string (value or key) holding NUL or a lone surrogate."""
+    stack: list[tuple[str, Any]] = [("body", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{key}"
+                why = _unstorable(key)
+                if why:
+                    return child, f"the key {why}"
+                stack.append((child, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            why = _unstorable(value)
+            if why:
+                return path, f"the string {why}"
+    return None
+
+
+def _unstorable(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode"
+    return None
+
+
 async def _problem(send: Any, status: int, detail: str, error: dict[str, str], *, close: bool = False) -> None:
-    title = "Request body too large" if status == 413 else "Invalid input"
+    title = {413: "Request body too large", 400: "Bad request"}.get(status, "Invalid input")
     body = json.dumps({
         "type": f"urn:flowforge:problem:{title.lower().replace(' ', '-')}", "title": title,
         "status": status, "detail": detail, "errors": [error],

@@ -9,11 +9,22 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from flowforge import errors
 from flowforge.api import auth, schemas
 from flowforge.api.context import ApiContext
+from flowforge.domain import ids
 from flowforge.ports import Principal
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 PROJECT = "default"
-RunId = Path(..., max_length=64, description="The run's id (a UUID).")
+
+
+def run_id_path(
+    run_id: str = Path(..., max_length=64, description="The run's id (a UUID)."),
+    _: Principal = Depends(auth.principal),  # authenticate first: a stranger learns nothing
+) -> str:
+    """The id in canonical form, so an uppercase or braced UUID names the same run."""
+    return ids.run_id(run_id)
+
+
+RunId = Depends(run_id_path)
 
 
 @router.post("", status_code=201, response_model=schemas.RunCreated, summary="Start a run")

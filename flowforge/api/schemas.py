@@ -111,6 +111,8 @@ class DagOut(BaseModel):
     created_at: datetime
     spec: dict[str, Any]
     versions: list[int] = Field(description="Every readable, runnable version.")
+    stored: bool | None = Field(None, description="On POST and PUT: whether this request stored a new version "
+                                                  "(false: the spec equals the latest version).")
 
 
 class DagListItem(BaseModel):

@@ -28,11 +28,15 @@ def _params(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise fail(f"--param {pair!r}: write it as key=value", 2)
-        try:
-            out[key] = json.loads(value)
+        try:  # NaN and Infinity are not JSON: they stay text
+            out[key] = json.loads(value, parse_constant=_not_json)
         except ValueError:
             out[key] = value
     return out
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(constant)
 
 
 @app.command()
@@ -140,7 +144,7 @@ def dags_push(file: Path, url: str = URL, token: str = TOKEN) -> None:
     client = _client(url, token)
     with user_errors():
         stored, created = client.push_dag(dagfile.load(file))
-    what = "created" if created else ("stored" if len(stored["versions"]) > 1 else "unchanged")
+    what = "created" if created else ("stored" if stored.get("stored") else "unchanged: equal to the latest version")
     typer.echo(f"DAG {stored['name']} v{stored['version']} {what} (versions: {', '.join(map(str, stored['versions']))})")
 
 

@@ -16,9 +16,10 @@ from flowforge.cli.base import (
 ADMIN_TENANT = "default"
 
 
-def _run_stack(cfg, started, **stack_options) -> None:  # type: ignore[no-untyped-def]
+def _run_stack(cfg, started, shared: str | None = None, **stack_options) -> None:  # type: ignore[no-untyped-def]
     """Start a Stack, call `started(stack, services)` to announce it, serve until SIGINT or
-    SIGTERM, then stop the stack and any embedded servers."""
+    SIGTERM, then stop the stack and any embedded servers. `shared` names a command that runs
+    beside others and so must be given the services' URLs."""
     from flowforge import runtime
 
     async def main() -> None:
@@ -26,7 +27,7 @@ def _run_stack(cfg, started, **stack_options) -> None:  # type: ignore[no-untype
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        services = await asyncio.to_thread(runtime.resolve_services, cfg)
+        services = await asyncio.to_thread(runtime.resolve_services, cfg, embedded_for=shared)
         stack = runtime.Stack(cfg, services, **stack_options)
         try:
             await stack.start()
@@ -97,7 +98,7 @@ def api(port: int = PORT, host: str = HOST) -> None:
     async def started(stack, services) -> None:  # type: ignore[no-untyped-def]
         typer.echo(f"API listening on {stack.api.url}")
 
-    _run_stack(cfg, started, with_coordinator=False, with_api=True)
+    _run_stack(cfg, started, "flowforge api", with_coordinator=False, with_api=True)
 
 
 @app.command()
@@ -109,7 +110,7 @@ def coordinator() -> None:
     async def started(stack, services) -> None:  # type: ignore[no-untyped-def]
         typer.echo(f"coordinator running (postgres: {redact(services.database_url)}, redis: {services.redis_url})")
 
-    _run_stack(cfg, started)
+    _run_stack(cfg, started, "flowforge coordinator")
 
 
 @app.command()

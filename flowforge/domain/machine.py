@@ -66,12 +66,18 @@ class TimerDue:
 
 @dataclass(frozen=True)
 class Cancel:
-    pass
+    """Stop the run. `retries` is the run's retry count when the cancel was asked: a cancel of
+    an earlier generation (a relayed duplicate) is ignored. None: whatever generation."""
+
+    retries: int | None = None
 
 
 @dataclass(frozen=True)
 class Retry:
-    """Run failed, cancelled and upstream_failed tasks again as new attempts."""
+    """Run failed, cancelled and upstream_failed tasks again as new attempts. `retries` is the
+    run's retry count when the retry was asked; it applies once, to that generation."""
+
+    retries: int | None = None
 
 
 Event = Start | Started | Finished | TimerDue | Cancel | Retry
@@ -176,9 +182,11 @@ def advance(run: Run, event: Event, now: float, config: Config = Config()) -> li
         case TimerDue():
             _timer(step, event)
         case Cancel():
-            _cancel(step)
+            if event.retries is None or event.retries == run.retries:
+                _cancel(step)
         case Retry():
-            _retry(step)
+            if event.retries is None or event.retries == run.retries:
+                _retry(step)
     _drain(step)
     _finish_run(step)
     return step.effects
@@ -310,6 +318,7 @@ def _retry(step: _Step) -> None:
         return
     run.cancel_requested = False
     run.error = None
+    run.retries += 1
     _set_run(step, RunStatus.RUNNING)
     again = (S.FAILED, S.CANCELLED, S.UPSTREAM_FAILED)
     for name in run.dag.graph.order:

@@ -84,6 +84,7 @@ class Run:
     params: dict[str, Any]
     status: RunStatus = RunStatus.PENDING
     cancel_requested: bool = False
+    retries: int = 0  # run retries applied so far: the generation cancel and retry events name
     tasks: dict[str, Task] = field(default_factory=dict)
     error: str | None = None
     # Counters kept in step with `tasks` by `put`, so "has the run ended?" is O(1).
@@ -111,6 +112,7 @@ class Run:
         cancel_requested: bool,
         tasks: list[Task],
         error: str | None = None,
+        retries: int = 0,
     ) -> Run:
         run = cls(
             run_id=run_id,
@@ -119,6 +121,7 @@ class Run:
             params=params,
             status=status,
             cancel_requested=cancel_requested,
+            retries=retries,
             error=error,
         )
         for t in tasks:

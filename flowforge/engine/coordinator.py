@@ -255,7 +255,7 @@ class Coordinator:
                 await self.queue.dispatch(dispatches)
 
     def _apply(self, run: Run, partition: int, event: machine.Event, cyc: _Cycle) -> None:
-        before_status, before_cancel = run.status, run.cancel_requested
+        before_status, before_cancel, before_retries = run.status, run.cancel_requested, run.retries
         effects = machine.advance(run, event, cyc.now, self.options.machine)
         if not effects and run.cancel_requested == before_cancel:
             return
@@ -290,11 +290,11 @@ class Coordinator:
                     cyc.timers.append(timers.Timer(at, run.run_id, key, n, kind))
                 case machine.RunChanged():
                     pass
-        if run.status != before_status or run.cancel_requested != before_cancel:
+        if run.status != before_status or run.cancel_requested != before_cancel or run.retries != before_retries:
             prior = b.runs.get(run.run_id)
             b.runs[run.run_id] = ports.RunWrite(
                 run.run_id, prior.before if prior else before_status, run.status,
-                run.cancel_requested, run.error, cyc.now,
+                run.cancel_requested, run.error, cyc.now, run.retries,
             )
 
     def _schedule(self, cyc: _Cycle) -> list[tuple[int, str, bytes]]:
@@ -394,6 +394,11 @@ def _merge_attempt(b: ports.WriteBatch, run: Run, fx: machine.AttemptChanged) ->
         w.logs = list(fx.logs)
 
 
+def _generation(env: dict[str, Any]) -> int | None:
+    n = env.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
 def _event(env: dict[str, Any]) -> tuple[str, machine.Event] | None:
     kind, run_id = env.get("k"), env.get("run")
     if not isinstance(run_id, str):
@@ -403,9 +408,9 @@ def _event(env: dict[str, Any]) -> tuple[str, machine.Event] | None:
             case wire.RUN_CREATED:
                 return run_id, machine.Start()
             case wire.RUN_CANCEL:
-                return run_id, machine.Cancel()
+                return run_id, machine.Cancel(_generation(env))
             case wire.RUN_RETRY:
-                return run_id, machine.Retry()
+                return run_id, machine.Retry(_generation(env))
             case wire.ATTEMPT_STARTED:
                 at = env.get("at")
                 return run_id, machine.Started(

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
 from flowforge import errors, keys, ports, wire
-from flowforge.domain import spec, validation
+from flowforge.domain import ids, spec, validation
 
 log = structlog.get_logger("flowforge.submission")
 
@@ -22,13 +22,16 @@ log = structlog.get_logger("flowforge.submission")
 class SubmitStore(Protocol):
     async def create_run(self, **kwargs: Any) -> int: ...
 
-    async def add_event(self, tenant: str, partition: int, event: bytes, **kwargs: Any) -> int: ...
+    async def add_event(
+        self, tenant: str, partition: int, make_event: Callable[[int], bytes], **kwargs: Any
+    ) -> tuple[int, bytes]: ...
 
     async def mark_published(self, ids: list[int]) -> None: ...
 
 
 class DagVersions(Protocol):
-    async def put_version(self, tenant: str, project: str, dag: spec.DagSpec, *, template: bool) -> Any: ...
+    async def put_version(self, tenant: str, project: str, dag: spec.DagSpec, *, template: bool,
+                          create_only: bool = False) -> Any: ...
 
     async def get_template(self, tenant: str, project: str, name: str, version: int | None = None) -> Any: ...
 
@@ -148,14 +151,15 @@ class Submitter:
 
     async def _command(self, run_id: str, tenant: str, kind: str, allowed: tuple[str, ...], *,
                        cancel: bool = False) -> None:
-        try:
-            uuid.UUID(run_id)
-        except ValueError:
-            raise errors.NotFound(f"run {run_id} not found") from None
+        run_id = ids.run_id(run_id)
         partition = keys.partition_of(run_id, self.partitions)
-        event = wire.pack(kind, run=run_id, tenant=tenant)
-        outbox_id = await self.store.add_event(
-            tenant, partition, event, run_id=run_id, allowed=allowed, cancel=cancel
+
+        def make_event(retries: int) -> bytes:
+            # The run's generation makes the command idempotent: relayed twice, it applies once.
+            return wire.pack(kind, run=run_id, tenant=tenant, n=retries)
+
+        outbox_id, event = await self.store.add_event(
+            tenant, partition, make_event, run_id=run_id, allowed=allowed, cancel=cancel
         )
         await self._publish(partition, event, outbox_id)
 
@@ -172,13 +176,23 @@ class Submitter:
             self._marking = asyncio.create_task(self._mark_published())
 
     async def _mark_published(self) -> None:
-        await asyncio.sleep(0.05)
+        pause, failures = 0.05, 0
+        await asyncio.sleep(pause)
         while self._published:
-            ids, self._published = self._published, []
+            marking, self._published = self._published, []
             try:
-                await self.store.mark_published(ids)
-            except Exception as exc:  # the reconciler relays (again) whatever stays unmarked
-                log.warning("submission.mark_published_failed", error=str(exc), events=len(ids))
+                await self.store.mark_published(marking)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.warning("submission.mark_published_failed", error=str(exc), events=len(marking),
+                            failures=failures)
+                if failures >= 5:
+                    # The reconciler relays whatever stays unmarked; commands carry their
+                    # generation, so a relayed duplicate changes nothing.
+                    return
+                self._published[:0] = marking
+                await asyncio.sleep(pause * 2**failures)
 
     async def aclose(self) -> None:
         """Finish marking published events."""

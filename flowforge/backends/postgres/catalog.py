@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flowforge import errors
+from flowforge.backends.postgres import faults
 from flowforge.ports import DagVersion, Principal
 from flowforge.domain import spec
 
@@ -45,6 +46,7 @@ _RUN_COLUMNS = """
   r.error, r.cancel_requested, r.created_at, r.started_at, r.finished_at"""
 
 
+@faults.translated
 class Catalog:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -93,48 +95,45 @@ class Catalog:
 
     # ---- DAG versions --------------------------------------------------------------------
 
-    async def put_version(self, tenant: str, project: str, dag: spec.DagSpec, *, template: bool) -> DagVersion:
+    async def put_version(self, tenant: str, project: str, dag: spec.DagSpec, *, template: bool,
+                          create_only: bool = False) -> DagVersion:
         """Store `dag` as the next version of its name (templates and inline specs are numbered
-        apart), unless it equals the latest version of that kind, which is returned instead."""
-        doc = dag.model_dump(mode="json")
+        apart), unless it equals the latest version of that kind, which is returned instead.
+        With `create_only`, a name that has a live version is refused (409). Both the check and
+        the insert run under one lock per name, so concurrent writers cannot both create."""
+        doc = json.dumps(dag.model_dump(mode="json"))
         async with self.engine.begin() as conn:
             await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                                {"k": f"{tenant}/{project}/{dag.name}"})
             latest = (
                 await conn.execute(
                     sa.text(
-                        "SELECT id::text, version, spec, deleted, created_at FROM dags WHERE tenant_id = :t "
-                        "AND project_id = :p AND name = :n AND template = :tpl ORDER BY version DESC LIMIT 1"
+                        # jsonb equality: 1 and true differ, key order does not matter.
+                        "SELECT id::text, version, spec, spec = CAST(:s AS jsonb) AS same, deleted, created_at "
+                        "FROM dags WHERE tenant_id = :t AND project_id = :p AND name = :n AND template = :tpl "
+                        "ORDER BY version DESC LIMIT 1"
                     ),
-                    {"t": tenant, "p": project, "n": dag.name, "tpl": template},
+                    {"t": tenant, "p": project, "n": dag.name, "tpl": template, "s": doc},
                 )
-            ).first()
-            if latest is not None and latest[2] == doc and not latest[3]:
-                return DagVersion(latest[0], dag.name, latest[1], doc, latest[4])
-            dag_id, version = str(uuid.uuid4()), (latest[1] + 1 if latest else 1)
+            ).mappings().first()
+            live = latest is not None and not latest["deleted"]
+            if live and create_only:
+                raise errors.Conflict(
+                    f"DAG '{dag.name}' exists; PUT /api/v1/dags/{dag.name} stores a new version of it"
+                )
+            if live and latest["same"]:
+                return DagVersion(latest["id"], dag.name, latest["version"], latest["spec"], latest["created_at"])
+            dag_id, version = str(uuid.uuid4()), (latest["version"] + 1 if latest else 1)
             created = (
                 await conn.execute(
                     sa.text(
                         "INSERT INTO dags (id, tenant_id, project_id, name, version, spec, template) "
-                        "VALUES (:id, :t, :p, :n, :v, CAST(:s AS jsonb), :tpl) RETURNING created_at"
+                        "VALUES (:id, :t, :p, :n, :v, CAST(:s AS jsonb), :tpl) RETURNING spec, created_at"
                     ),
-                    {"id": dag_id, "t": tenant, "p": project, "n": dag.name, "v": version,
-                     "s": json.dumps(doc), "tpl": template},
+                    {"id": dag_id, "t": tenant, "p": project, "n": dag.name, "v": version, "s": doc, "tpl": template},
                 )
-            ).scalar_one()
-            return DagVersion(dag_id, dag.name, version, doc, created)
-
-    async def template_exists(self, tenant: str, project: str, name: str) -> bool:
-        async with self.engine.connect() as conn:
-            return bool(
-                (
-                    await conn.execute(
-                        sa.text("SELECT 1 FROM dags WHERE tenant_id = :t AND project_id = :p AND name = :n "
-                                "AND template AND NOT deleted LIMIT 1"),
-                        {"t": tenant, "p": project, "n": name},
-                    )
-                ).first()
-            )
+            ).one()
+            return DagVersion(dag_id, dag.name, version, created[0], created[1], stored=True, first=not live)
 
     async def get_template(self, tenant: str, project: str, name: str, version: int | None = None) -> DagVersion:
         q = ("SELECT id::text, name, version, spec, created_at FROM dags WHERE tenant_id = :t AND project_id = :p "
@@ -257,7 +256,7 @@ ORDER BY r.created_at DESC, r.id DESC LIMIT :limit"""
     async def get_run(self, run_id: str, tenant: str, *, logs: bool = True) -> dict[str, Any] | None:
         """A run with every task and every task's attempts; None if the tenant has no such run."""
         try:
-            uuid.UUID(run_id)
+            run_id = str(uuid.UUID(run_id))
         except ValueError:
             return None
         async with self.engine.connect() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from flowforge import errors, ports
-from flowforge.backends.postgres import migrate
+from flowforge.backends.postgres import faults, migrate
 from flowforge.domain import model, spec
 from flowforge.domain.states import RunStatus, TaskStatus
 
@@ -63,7 +63,7 @@ upd AS (
 ),
 ins AS ({_INSERT_TASKS_SQL}),
 run AS (
-  UPDATE runs AS r SET status = u.status, error = u.error,
+  UPDATE runs AS r SET status = u.status, error = u.error, retries = u.retries,
     -- a cancel recorded by the API since we loaded the run survives until its event arrives
     cancel_requested = u.cancel_requested OR (r.cancel_requested AND u.before_status IN ('pending', 'running')
                                               AND u.status IN ('pending', 'running')),
@@ -72,7 +72,7 @@ run AS (
     finished_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN to_timestamp(u.at)
                        ELSE NULL END
   FROM jsonb_to_recordset(CAST(:runs AS jsonb)) AS u(run_id uuid, before_status text, status text,
-    error text, cancel_requested bool, at float8)
+    error text, cancel_requested bool, at float8, retries int)
   WHERE r.id = u.run_id AND r.status = u.before_status
   RETURNING 1
 ),
@@ -104,7 +104,7 @@ SELECT 1 / (((SELECT count(*) FROM upd) = :n_tasks AND (SELECT count(*) FROM ins
 """)
 _LOAD_RUNS = sa.text("""
 SELECT r.id::text, r.tenant_id, r.dag_id::text, r.status, r.params, r.cancel_requested, r.error,
-       r.partition, d.spec
+       r.partition, d.spec, r.retries
 FROM runs r JOIN dags d ON d.id = r.dag_id WHERE r.id = ANY(CAST(:ids AS uuid[]))
 """)
 _LOAD_TASKS = sa.text("""
@@ -130,6 +130,7 @@ def _dumps(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, separators=(",", ":"), default=str)
 
 
+@faults.translated
 class PostgresStore:
     """Implements ports.RunStore, plus the submission and read queries the API needs."""
 
@@ -149,11 +150,8 @@ class PostgresStore:
         return cls(engine)
 
     async def ping(self) -> None:
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise errors.TemporaryError(f"postgres: {exc}") from None
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
         await self._drop_hot_connection()
@@ -189,7 +187,7 @@ class PostgresStore:
         runs = [
             {
                 "run_id": r.run_id, "before_status": r.before, "status": r.after, "error": r.error,
-                "cancel_requested": r.cancel_requested, "at": r.at,
+                "cancel_requested": r.cancel_requested, "at": r.at, "retries": r.retries,
             }
             for r in batch.runs.values()
         ]
@@ -203,9 +201,9 @@ class PostgresStore:
             await conn.execute(_APPLY_DRIVER_SQL, params, prepare=True)
         except psycopg.errors.DivisionByZero:
             return await self._missed_runs(updates, inserts, runs)
-        except psycopg.OperationalError as exc:
+        except faults.TRANSIENT as exc:
             await self._drop_hot_connection()
-            raise errors.TemporaryError(f"postgres: {exc}") from None
+            raise faults.temporary(exc) from exc
         return set()
 
     async def _hot_connection(self) -> psycopg.AsyncConnection:
@@ -259,7 +257,7 @@ class PostgresStore:
         for row in rows:
             tasks.setdefault(row[0], []).append(row)
         loaded = {}
-        for run_id, tenant, dag_id, status, params, cancel, error, partition, dag_spec in runs:
+        for run_id, tenant, dag_id, status, params, cancel, error, partition, dag_spec, retries in runs:
             compiled = self._dags.get(dag_id)
             if compiled is None:
                 compiled = self._dags[dag_id] = model.compile_dag(spec.DagSpec.model_validate(dag_spec))
@@ -278,7 +276,7 @@ class PostgresStore:
                         dispatched_at[t.key] = float(r[14])
             run = model.Run.restore(
                 run_id=run_id, tenant=tenant, dag=compiled, params=params, status=RunStatus(status),
-                cancel_requested=cancel, tasks=restored, error=error,
+                cancel_requested=cancel, tasks=restored, error=error, retries=retries,
             )
             loaded[run_id] = ports.LoadedRun(run, partition, frozenset(undispatched), dispatched_at)
         return loaded
@@ -353,19 +351,22 @@ class PostgresStore:
         async with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
             return (await conn.execute(_CREATE_RUN, args)).scalar_one()
 
-    async def add_event(self, tenant: str, partition: int, event: bytes, *, run_id: str,
-                        allowed: Sequence[str], cancel: bool = False) -> int:
-        """Record a run command (cancel, retry) in the outbox; return the outbox id.
+    async def add_event(self, tenant: str, partition: int, make_event: Callable[[int], bytes], *, run_id: str,
+                        allowed: Sequence[str], cancel: bool = False) -> tuple[int, bytes]:
+        """Record a run command (cancel, retry) in the outbox; return the outbox id and the event,
+        `make_event(retries)`: built against the run's current retry count (its generation).
 
         Raises NotFound when the tenant has no such run, and Conflict when the run's status is
         not one of `allowed` (cancelling a finished run, retrying a running one)."""
         async with self.engine.begin() as conn:
-            status = (
+            row = (
                 await conn.execute(
-                    sa.text("SELECT status FROM runs WHERE id = CAST(:id AS uuid) AND tenant_id = :t FOR UPDATE"),
+                    sa.text("SELECT status, retries FROM runs WHERE id = CAST(:id AS uuid) AND tenant_id = :t "
+                            "FOR UPDATE"),
                     {"id": run_id, "t": tenant},
                 )
-            ).scalar()
+            ).first()
+            status, retries = row if row is not None else (None, 0)
             if status is None:
                 raise errors.NotFound(f"run {run_id} not found")
             if status not in allowed:
@@ -374,9 +375,11 @@ class PostgresStore:
                 await conn.execute(
                     sa.text("UPDATE runs SET cancel_requested = true WHERE id = CAST(:id AS uuid)"), {"id": run_id}
                 )
-            return (
+            event = make_event(retries)
+            outbox_id = (
                 await conn.execute(
                     sa.text("INSERT INTO outbox (tenant_id, partition, payload) VALUES (:t, :p, :e) RETURNING id"),
                     {"t": tenant, "p": partition, "e": event},
                 )
             ).scalar_one()
+            return outbox_id, event

@@ -65,6 +65,7 @@ class Run(Base):
     status: Mapped[str] = mapped_column(sa.String(16))
     params: Mapped[dict] = mapped_column(JSONB)
     cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    retries: Mapped[int] = mapped_column(sa.Integer, server_default="0")  # run retries applied
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
