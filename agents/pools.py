@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flowforge.domain import spec
+from flowforge.domain import routing, spec
 
 
 class PoolConfig(BaseModel):
@@ -21,6 +22,17 @@ class PoolConfig(BaseModel):
         description="Module globs task functions may come from, e.g. 'myteam.tasks.*'.",
     )
     prewarm: list[str] = Field(default_factory=list, description="Modules imported at agent start.")
+    slot_cpu: float = Field(1.0, gt=0, le=1024, description="Cores one slot offers; tasks asking more go to Pods (auto).")
+    slot_memory: str = Field("1Gi", description="Memory one slot offers, e.g. '1Gi'; tasks asking more go to Pods (auto).")
+
+    @field_validator("slot_memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        routing.quantity(value)
+        return value
+
+    def shape(self) -> routing.SlotShape:
+        return routing.SlotShape(self.capacity, Decimal(str(self.slot_cpu)), routing.quantity(self.slot_memory))
 
     @property
     def capacity(self) -> int:

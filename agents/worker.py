@@ -37,6 +37,15 @@ _MAX_ERROR = 16_384
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # a JSON-escaped NUL, not an escaped backslash
 
 
+class AttemptFailed(Exception):
+    """The attempt failed in a way the runner has already put into words (a Pod's exit code,
+    OOMKilled, an eviction): reported with this reason and message, no agent traceback."""
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.retryable = reason, message, retryable
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     pool: str
@@ -249,6 +258,8 @@ class Agent:
                 self._check_result(output)
             except loading.Rejected as exc:
                 event.update(ok=False, reason=wire.FAIL_REJECTED, retryable=False, error=str(exc), output=None)
+            except AttemptFailed as exc:
+                event.update(ok=False, reason=exc.reason, retryable=exc.retryable, error=exc.message, output=None)
             except interrupt.AttemptInterrupted as exc:
                 reason = str(exc)
                 event.update(ok=False, reason=reason if reason in (wire.FAIL_TIMEOUT, wire.FAIL_CANCELLED)

@@ -62,3 +62,12 @@ def square(x: int) -> int:
 
 def summarize(values: list[int]) -> dict:
     return {"count": len(values), "sum": sum(values)}
+
+
+def train(rows: int, epochs: int = 3) -> dict:
+    """A CPU-hungry step: in production it gets its own Pod with the CPU and memory it asks for."""
+    loss = 1.0
+    for epoch in range(epochs):
+        loss = round(loss * 0.5 + sum(i * i for i in range(20_000)) % 7 / 1000, 4)
+        print(f"epoch {epoch + 1}/{epochs}: loss {loss}")
+    return {"rows": rows, "epochs": epochs, "loss": loss}

@@ -23,6 +23,7 @@ EXPECT: dict[str, dict[str, str]] = {
     "flaky-api": {"$run": "succeeded", "call": "succeeded"},
     "fanout": {"$run": "succeeded", "summarize": "succeeded"},
     "sdk-pipeline": {"$run": "succeeded", "load": "succeeded"},
+    "mixed": {"$run": "succeeded", "train": "succeeded", "package": "succeeded", "notify": "succeeded"},
 }
 
 

@@ -10,7 +10,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ import structlog
 from flowforge import embedded, errors, settings as settings_mod
 from flowforge.backends import redis_streams
 from flowforge.backends.postgres import catalog, migrate, store as pg_store
-from flowforge.domain import machine
+from flowforge.domain import machine, model
 from flowforge.engine import coordinator as coordinating
 from flowforge.engine import reconciler as reconciling
 from flowforge.engine import submission
@@ -115,6 +115,7 @@ class Stack:
         self.catalog: catalog.Catalog | None = None
         self.queue: redis_streams.RedisQueue | None = None
         self.manager: Any = None
+        self.launcher: Any = None
         self.coordinator: coordinating.Coordinator | None = None
         self.reconciler: reconciling.Reconciler | None = None
         self.submitter: submission.Submitter | None = None
@@ -137,10 +138,12 @@ class Stack:
         bad = [p for p in parts if p >= c.partitions]
         if bad:
             raise errors.ConfigError(f"coordinator.owned_partitions {bad} are outside 0..{c.partitions - 1}")
-        await self.queue.ensure_groups(parts, list(pool_cfgs))
+        heavy = cfg.pods.runtime != "none"
+        streams = [*pool_cfgs, *([model.HEAVY_POOL] if heavy else [])]
+        await self.queue.ensure_groups(parts, streams)
         self.submitter = submission.Submitter(
             self.store, self.catalog, self.queue, partitions=c.partitions, limits=cfg.limits,
-            pools={name: p.capacity for name, p in pool_cfgs.items()},
+            pools={name: p.shape() for name, p in pool_cfgs.items()}, heavy=heavy,
         )
         if self.with_api:
             from flowforge.api.app import create_app
@@ -169,9 +172,16 @@ class Stack:
                 },
             )
             await self.manager.start()
-            capacity = self.manager.capacity
+            pool_capacity = self.manager.capacity
         else:
-            capacity = lambda pool: pool_cfgs[pool].capacity if pool in pool_cfgs else 0  # noqa: E731
+            pool_capacity = lambda pool: pool_cfgs[pool].capacity if pool in pool_cfgs else 0  # noqa: E731
+        if heavy:
+            self.launcher = self._launcher(pool_cfgs, c.partitions)
+            self._jobs.append(asyncio.create_task(self.launcher.serve(), name="launcher"))
+
+        def capacity(pool: str) -> int:
+            return cfg.pods.max_concurrent if pool == model.HEAVY_POOL and heavy else pool_capacity(pool)
+
         self.coordinator = coordinating.Coordinator(
             store=self.store,
             queue=self.queue,
@@ -191,19 +201,36 @@ class Stack:
         )
         self.reconciler = reconciling.Reconciler(
             self.coordinator,
-            list(pool_cfgs),
+            streams,
             reconciling.Options(
                 interval_s=c.reconcile_interval.total_seconds(),
                 redispatch_after_s=c.redispatch_after.total_seconds(),
             ),
         )
         await self.reconciler.sweep()  # adopt what a previous coordinator left behind
-        self._jobs = [
+        self._jobs += [
             asyncio.create_task(self.coordinator.run_forever(), name="coordinator"),
             asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
         ]
         log.info("stack.started", partitions=list(parts), pools=sorted(pool_cfgs),
                  api=self.api.url if self.api else None)
+
+    def _launcher(self, pool_cfgs: Mapping[str, Any], partitions: int) -> Any:
+        """The Pod launcher for heavy attempts, on the configured runtime."""
+        from agents import launcher, localpods, worker
+
+        cfg = self.cfg
+        config = worker.AgentConfig(
+            pool=model.HEAVY_POOL, redis_url=self.services.redis_url, partitions=partitions,
+            slots=cfg.pods.max_concurrent, lease_s=cfg.agents.lease.total_seconds(),
+            max_deliveries=cfg.agents.max_deliveries, max_result_bytes=cfg.agents.max_result_bytes,
+            max_log_line_bytes=cfg.agents.max_log_line_bytes, max_log_lines=cfg.agents.max_log_lines,
+            max_log_bytes=cfg.agents.max_log_bytes, name=f"launcher-{os.getpid()}",
+        )
+        runtime = localpods.LocalProcessRuntime(max_log_lines=cfg.agents.max_log_lines,
+                                                default_memory=cfg.pods.default_memory)
+        return launcher.Launcher(config, runtime, allowed={n: p.allowed_functions for n, p in pool_cfgs.items()},
+                                 stop_grace_s=cfg.pods.stop_grace.total_seconds())
 
     async def readiness(self) -> dict[str, str]:
         """Whether Postgres and Redis answer, each "ok" or what went wrong."""
@@ -235,6 +262,8 @@ class Stack:
                      **{f"{k}_s": round(v, 3) for k, v in c.timing.items() if k != "events"})
         if self.manager is not None:
             await self.manager.stop(drain_s=2.0)
+        if self.launcher is not None:
+            await self.launcher.stop(drain_s=2.0)
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field
@@ -79,6 +79,20 @@ class AgentSettings(BaseModel):
     max_log_bytes: int = Field(1 << 20, ge=1024, description="Captured output bytes per attempt; the rest is dropped.")
 
 
+class PodsSettings(BaseModel):
+    runtime: Literal["local", "none"] = Field(
+        "local", description="Where heavy tasks run: `local`, a fresh process per attempt on the coordinator's "
+        "machine; `none`, heavy tasks are refused at submission.",
+    )
+    max_concurrent: int = Field(4, ge=1, le=10_000, description="Heavy attempts running at once.")
+    stop_grace: timedelta = Field(
+        timedelta(seconds=10), description="After SIGTERM (cancel, timeout), how long before SIGKILL.",
+    )
+    default_memory: str | None = Field(
+        None, description="Memory limit of a heavy attempt that requests none, e.g. `2Gi` (unset: none).",
+    )
+
+
 class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the REST API listens on (0.0.0.0 in a container).")
     port: int = Field(8080, ge=0, le=65535, description="Port of the REST API (0: any free port).")
@@ -104,6 +118,7 @@ class Settings(BaseSettings):
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    pods: PodsSettings = Field(default_factory=PodsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     limits: spec.Limits = Field(default_factory=spec.Limits)
 

@@ -26,6 +26,10 @@ FAIL_TIMEOUT = "timeout"
 FAIL_CANCELLED = "cancelled"
 FAIL_DEAD_LETTER = "dead_letter"
 FAIL_REJECTED = "rejected"  # the agent refused it: function not allowed, bad envelope, bad result
+FAIL_OOM = "oom_killed"  # a heavy attempt's container ran out of memory
+FAIL_INFRASTRUCTURE = "infrastructure"  # the Pod was evicted or preempted, or its node was lost
+FAIL_IMAGE = "image_pull"  # the image could not be pulled
+FAIL_UNSCHEDULABLE = "unschedulable"  # no node could take the Pod in time
 
 
 class WireError(ValueError):

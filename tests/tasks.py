@@ -114,3 +114,16 @@ def fails_until_exists(path: str) -> str:
     if not os.path.exists(path):
         raise RuntimeError(f"{path} does not exist yet")
     return "ok"
+
+
+def hog(megabytes: int) -> int:
+    """Hold `megabytes` of memory at once (to meet a memory limit)."""
+    block = bytearray(megabytes << 20)
+    return len(block)
+
+
+def where() -> dict:
+    """Which process ran this attempt: a warm agent or a fresh one."""
+    import os
+
+    return {"pid": os.getpid(), "ppid": os.getppid()}

@@ -88,7 +88,13 @@ def test_tasks_that_could_never_run_are_refused_at_submission():
     with pytest.raises(validation.SpecError) as info:
         sub.validate(dag)
     got = {p.path: p.message for p in info.value.problems}
-    assert set(got) == {"tasks[0].executor", "tasks[1].pool", "tasks[2].pool"}
+    assert set(got) == {"tasks[0].executor", "tasks[1].pool", "tasks[2].executor"}
     assert "Pod runtime" in got["tasks[0].executor"]
     assert "has no agents" in got["tasks[1].pool"]
-    assert "unknown pool 'nowhere'" in got["tasks[2].pool"]
+    # `auto` sends a task whose pool does not exist to a Pod: refused only without a Pod runtime.
+    assert "pool 'nowhere' does not exist" in got["tasks[2].executor"]
+    with_pods = Submitter(None, None, None, partitions=1, pools={"default": 8, "empty": 0},  # type: ignore[arg-type]
+                          heavy=True)
+    with pytest.raises(validation.SpecError) as info:
+        with_pods.validate(dag)
+    assert {p.path for p in info.value.problems} == {"tasks[1].pool"}  # an explicit light pool stays checked

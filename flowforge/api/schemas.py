@@ -68,7 +68,8 @@ class TaskOut(BaseModel):
     map_index: int | None = None
     status: TaskStatusName
     attempt: int
-    executor: str
+    executor: Literal["light", "heavy"]
+    route_reason: str | None = Field(None, description="Why the router chose the executor.")
     pool: str
     output: Any = None
     error: str | None = None

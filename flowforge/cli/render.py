@@ -48,8 +48,8 @@ def duration(start: Any, end: Any) -> str:
 def tasks_table(run: dict[str, Any], *, title: str | None = None, max_rows: int = 60) -> Table:
     """One row per task; a mapped task's instances are summed into its row."""
     table = Table(title=title, title_justify="left")
-    for col in ("task", "executor", "pool", "attempts", "duration", "status"):
-        table.add_column(col)
+    for col in ("task", "executor", "pool", "attempts", "duration", "status", "routed because"):
+        table.add_column(col, style="dim" if col == "routed because" else None)
     tasks = run["tasks"]
     rows = 0
     for t in tasks:
@@ -62,10 +62,11 @@ def tasks_table(run: dict[str, Any], *, title: str | None = None, max_rows: int 
         else:
             attempts = str(len(t.get("attempts") or ()))
         table.add_row(t["key"], t["executor"], t["pool"], attempts,
-                      duration(t.get("started_at"), t.get("finished_at")), status(t["status"]))
+                      duration(t.get("started_at"), t.get("finished_at")), status(t["status"]),
+                      t.get("route_reason") or "")
         rows += 1
         if rows >= max_rows:
-            table.add_row("…", "", "", "", "", "")
+            table.add_row("…", "", "", "", "", "", "")
             break
     return table
 

@@ -111,7 +111,7 @@ class AttemptChanged:
 class Enqueue:
     task: Task
     pool: str
-    fn: str
+    fn: str | None
     args: Any
     timeout: float | None
 
@@ -436,7 +436,7 @@ def _queue(step: _Step, task: Task) -> None:
         queued_at=step.now, started_at=None, finished_at=None,
     )
     step.effects.append(AttemptChanged(task.key, attempt, "queued", queued_at=step.now))
-    step.effects.append(Enqueue(queued, tspec.pool, tspec.fn, args, tspec.timeout_seconds))
+    step.effects.append(Enqueue(queued, run.dispatch_pool(task.name), tspec.fn, args, tspec.timeout_seconds))
 
 
 def _set_run(step: _Step, status: RunStatus, error: str | None = None) -> None:

@@ -44,6 +44,9 @@ class Task:
         return self.status in TASK_TERMINAL
 
 
+HEAVY_POOL = "~pods"  # the dispatch "pool" of heavy attempts: `~` is never in a pool name
+
+
 def instance_key(name: str, index: int) -> str:
     return f"{name}[{index}]"
 
@@ -85,6 +88,7 @@ class Run:
     status: RunStatus = RunStatus.PENDING
     cancel_requested: bool = False
     retries: int = 0  # run retries applied so far: the generation cancel and retry events name
+    heavy: frozenset[str] = frozenset()  # names of tasks the router sent to fresh Pods
     tasks: dict[str, Task] = field(default_factory=dict)
     error: str | None = None
     # Counters kept in step with `tasks` by `put`, so "has the run ended?" is O(1).
@@ -94,8 +98,9 @@ class Run:
     map_cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def new(cls, run_id: str, tenant: str, dag: CompiledDag, params: dict[str, Any]) -> Run:
-        run = cls(run_id=run_id, tenant=tenant, dag=dag, params=params)
+    def new(cls, run_id: str, tenant: str, dag: CompiledDag, params: dict[str, Any],
+            heavy: frozenset[str] = frozenset()) -> Run:
+        run = cls(run_id=run_id, tenant=tenant, dag=dag, params=params, heavy=heavy)
         for name in dag.graph.order:
             run.put(Task(key=name, name=name))
         return run
@@ -113,6 +118,7 @@ class Run:
         tasks: list[Task],
         error: str | None = None,
         retries: int = 0,
+        heavy: frozenset[str] = frozenset(),
     ) -> Run:
         run = cls(
             run_id=run_id,
@@ -122,11 +128,19 @@ class Run:
             status=status,
             cancel_requested=cancel_requested,
             retries=retries,
+            heavy=heavy,
             error=error,
         )
         for t in tasks:
             run.put(t)
         return run
+
+    def executor(self, name: str) -> str:
+        return "heavy" if name in self.heavy else "light"
+
+    def dispatch_pool(self, name: str) -> str:
+        """Where attempts of task `name` are dispatched: its pool's stream, or the Pod launcher's."""
+        return HEAVY_POOL if name in self.heavy else self.dag.tasks[name].pool
 
     def put(self, task: Task) -> Task | None:
         before = self.tasks.get(task.key)

@@ -6,9 +6,9 @@ These models check the shape of one field at a time; `validation` checks the DAG
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$"
 FN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -50,11 +50,42 @@ class MapSpec(_Strict):
     max_items: int = Field(1_000, ge=1, description="Cap on instances; a longer list fails the task.")
 
 
+def _quantity(value: Any) -> Any:
+    from flowforge.domain.routing import quantity
+
+    if value is not None:
+        quantity(value)  # raises ValueError with the fix
+    return value
+
+
+Quantity = Annotated[str | float | int | None, AfterValidator(_quantity)]
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+class Resources(_Strict):
+    """What one attempt needs. A heavy task's Pod requests (and is limited to) these; `auto`
+    routes a task to a Pod when they exceed one slot of its pool."""
+
+    cpu: Quantity = Field(None, description="Cores: 0.5, '500m', 2.")
+    memory: Quantity = Field(None, description="Bytes: '512Mi', '2Gi'.")
+    gpu: int = Field(0, ge=0, le=16, description="nvidia.com/gpu devices.")
+
+
+class Toleration(_Strict):
+    key: str | None = Field(None, max_length=253)
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = Field(None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+
 class TaskSpec(_Strict):
     name: str = Field(..., pattern=NAME_PATTERN)
-    fn: str = Field(..., pattern=FN_PATTERN, description="'package.module:function'")
+    fn: str | None = Field(None, pattern=FN_PATTERN, description="'package.module:function'")
     args: list[Any] | dict[str, Any] = Field(
-        default_factory=list, description="Positional (list) or keyword (mapping) arguments."
+        default_factory=list,
+        description="Positional (list) or keyword (mapping) arguments; for a container, its args (strings).",
     )
     depends: list[str] = Field(default_factory=list)
     when: str | None = None
@@ -63,6 +94,13 @@ class TaskSpec(_Strict):
     executor: Executor = "light"
     pool: str = Field("default", pattern=NAME_PATTERN)
     map: MapSpec | None = None
+    image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^\S+$",
+                              description="A container image: the task runs it in a fresh Pod.")
+    command: list[str] | None = Field(None, max_length=256, description="The container's entry point.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of a heavy task.")
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels a heavy task's Pod needs.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
 
 
 class DagSpec(_Strict):

@@ -401,6 +401,31 @@ class _Checker:
             assert r.task is not None
             self.task_ref(r.text, path, task, ancestors, r.task)
 
+    def check_runtime(self, at: str, t: Mapping[str, Any]) -> None:
+        """What the task runs (a function or a container) and where it may run."""
+        fn, image, command, executor = t.get("fn"), t.get("image"), t.get("command"), t.get("executor", "light")
+        if fn is None and image is None:
+            self.add(at, "the task runs nothing", "add `fn: package.module:function`, or `image:` for a container")
+        if command is not None and image is None:
+            self.add(f"{at}.command", "a command needs an image to run in", "add `image:`, or use `fn:`")
+        if command is not None and fn is not None:
+            self.add(f"{at}.command", "a task runs a function or a command, not both",
+                     "drop `command` (the function runs in `image`), or drop `fn`")
+        if image is not None and fn is None:
+            args = t.get("args")
+            if isinstance(args, Mapping) or (isinstance(args, list) and not all(isinstance(a, str) for a in args)):
+                self.add(f"{at}.args", "a container's args are a list of strings",
+                         "write e.g. args: ['--date', '{{ params.date }}']")
+        if executor == "light":
+            resources = t.get("resources")
+            gpu = resources.get("gpu") if isinstance(resources, Mapping) else None
+            for field, present in (("image", image is not None), ("resources.gpu", _is_int(gpu) and gpu > 0),
+                                   ("env", bool(t.get("env"))), ("node_selector", bool(t.get("node_selector"))),
+                                   ("tolerations", bool(t.get("tolerations")))):
+                if present:
+                    self.add(f"{at}.{field}", f"`{field}` applies to a fresh Pod, but the task is executor: light",
+                             "set executor: heavy (or auto, to let the router decide)")
+
     def check_task(self, i: int, t: Mapping[str, Any]) -> None:
         at, name, limits = f"tasks[{i}]", t.get("name"), self.limits
         ancestors: int | None = 0
@@ -424,6 +449,7 @@ class _Checker:
         mapped = isinstance(mapping, Mapping)
         if mapped:
             self.check_map(at, mapping, name, ancestors)
+        self.check_runtime(at, t)
 
         args = t.get("args")
         if args is not None and (why := _too_big(args, limits.max_payload_bytes)):

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from flowforge import errors, ports, wire
-from flowforge.domain import machine, model
+from flowforge.domain import machine, model, spec
 from flowforge.domain.model import Run
 from flowforge.domain.states import RUN_TERMINAL, TASK_ACTIVE
 from flowforge.engine import scheduling, timers
@@ -272,7 +272,7 @@ class Coordinator:
                         tspec = run.dag.tasks[after.name]
                         b.tasks[k] = ports.TaskWrite(
                             run.run_id, run.tenant, None if before is None else before.status,
-                            0 if before is None else before.attempt, after, tspec.pool, tspec.executor,
+                            0 if before is None else before.attempt, after, tspec.pool, run.executor(after.name),
                         )
                     if before is not None and before.status in TASK_ACTIVE and (
                         after.status not in TASK_ACTIVE or after.attempt != before.attempt
@@ -344,11 +344,11 @@ class Coordinator:
                 except Exception as exc:  # the machine fails the task on its next event
                     log.warning("coordinator.unresolvable_args", run=run.run_id, task=task.key, error=str(exc))
                     continue
-                fx = machine.Enqueue(task, tspec.pool, tspec.fn, args, tspec.timeout_seconds)
+                fx = machine.Enqueue(task, run.dispatch_pool(task.name), tspec.fn, args, tspec.timeout_seconds)
                 self.scheduler.offer(ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now()))
             elif task.key in lr.dispatched_at:
                 self.scheduler.mark_inflight(
-                    run.run_id, task.key, run.dag.tasks[task.name].pool, lr.dispatched_at[task.key]
+                    run.run_id, task.key, run.dispatch_pool(task.name), lr.dispatched_at[task.key]
                 )
 
     def _forget(self, run_ids: set[str]) -> None:
@@ -376,7 +376,19 @@ def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, 
         "map_index": task.map_index,
         "queued_at": now,
     }
+    if fx.pool == model.HEAVY_POOL:
+        envelope["pod"] = pod_request(run.dag.tasks[task.name])
     return scheduling.Ready(run.run_id, partition, run.tenant, task.key, task.attempt, fx.pool, envelope)
+
+
+def pod_request(t: spec.TaskSpec) -> dict[str, Any]:
+    """What a heavy attempt's Pod runs and needs, as the launcher reads it from the envelope."""
+    return {
+        "image": t.image, "command": t.command, "env": t.env, "pool": t.pool,
+        "resources": t.resources.model_dump(exclude_none=True),
+        "node_selector": t.node_selector,
+        "tolerations": [x.model_dump(exclude_none=True) for x in t.tolerations],
+    }
 
 
 def _merge_attempt(b: ports.WriteBatch, run: Run, fx: machine.AttemptChanged) -> None:

@@ -151,6 +151,6 @@ class Reconciler:
 def _envelope(run: model.Run, partition: int, task: model.Task, now: float) -> bytes:
     tspec = run.dag.tasks[task.name]
     args = model.resolve_args(run, task)
-    fx = machine.Enqueue(task, tspec.pool, tspec.fn, args, tspec.timeout_seconds)
+    fx = machine.Enqueue(task, run.dispatch_pool(task.name), tspec.fn, args, tspec.timeout_seconds)
     ready = coordinating.ready_item(run, partition, task, fx, now)
     return wire.pack(wire.DISPATCH, **dict(ready.envelope, dispatched_at=now))

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import structlog
 
 from flowforge import errors, keys, ports, wire
-from flowforge.domain import ids, spec, validation
+from flowforge.domain import ids, routing, spec, validation
 
 log = structlog.get_logger("flowforge.submission")
 
@@ -52,7 +52,7 @@ class Submitter:
         *,
         partitions: int,
         limits: spec.Limits = spec.Limits(),
-        pools: Mapping[str, int] | None = None,
+        pools: Mapping[str, int | routing.SlotShape] | None = None,
         heavy: bool = False,
     ) -> None:
         self.store = store
@@ -60,7 +60,10 @@ class Submitter:
         self.queue = queue
         self.partitions = partitions
         self.limits = limits
-        self.pools = pools  # pool name -> slots; None accepts any pool
+        # pool name -> its shape (or just its slots); None accepts any pool
+        self.pools = None if pools is None else {
+            name: p if isinstance(p, routing.SlotShape) else routing.SlotShape(capacity=p) for name, p in pools.items()
+        }
         self.heavy = heavy  # whether heavy tasks have a Pod runtime to run on
         # Inline specs already stored: (tenant, project, canonical JSON) -> stored version.
         self._inline: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
@@ -72,18 +75,19 @@ class Submitter:
         parsed = dag if isinstance(dag, spec.DagSpec) else validation.parse_dag(dag, self.limits)
         problems = []
         for i, t in enumerate(parsed.tasks):
-            if t.executor == "heavy" and not self.heavy:
+            chosen = routing.route(t, self.pools)
+            if chosen.executor == "heavy" and not self.heavy:
                 problems.append(validation.Problem(
-                    f"tasks[{i}].executor", "executor 'heavy' needs the Pod runtime, which is not enabled here",
-                    "use executor: light (or auto) to run on the warm agents",
+                    f"tasks[{i}].executor", f"the task needs a fresh Pod ({chosen.reason}), but no Pod runtime "
+                    "is enabled here", "set pods.runtime (local or kubernetes), or make the task fit a pool",
                 ))
-            elif t.executor != "heavy" and self.pools is not None:
+            elif chosen.executor == "light" and self.pools is not None:
                 if t.pool not in self.pools:
                     problems.append(validation.Problem(
                         f"tasks[{i}].pool", f"unknown pool '{t.pool}'",
                         f"use one of: {', '.join(sorted(self.pools))}, or add pool-config/{t.pool}.yaml",
                     ))
-                elif self.pools[t.pool] <= 0:
+                elif self.pools[t.pool].capacity <= 0:
                     problems.append(validation.Problem(
                         f"tasks[{i}].pool", f"pool '{t.pool}' has no agents, so the task would never run",
                         f"set agents above 0 in pool-config/{t.pool}.yaml, or use another pool",
@@ -137,6 +141,7 @@ class Submitter:
         outbox_id = await self.store.create_run(
             run_id=run_id, tenant=tenant, project=project, dag_id=dag_id, dag=parsed, version=version,
             params=merged, partition=partition, event=event,
+            routes={t.name: routing.route(t, self.pools) for t in parsed.tasks},
         )
         await self._publish(partition, event, outbox_id)
         return Submitted(run_id, parsed.name, version)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -14,12 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from flowforge import errors, ports
 from flowforge.backends.postgres import faults, migrate
-from flowforge.domain import model, spec
+from flowforge.domain import model, routing, spec
 from flowforge.domain.states import RunStatus, TaskStatus
 
 _TASK_COLS = (
     "run_id uuid, key text, tenant_id text, name text, map_index int, before_status text, "
-    "before_attempt int, status text, attempt int, retry_base int, executor text, pool text, output jsonb, "
+    "before_attempt int, status text, attempt int, retry_base int, executor text, route_reason text, pool text, "
+    "output jsonb, "
     "error text, timer text, timer_at float8, instances int, queued_at float8, started_at float8, "
     "finished_at float8"
 )
@@ -29,9 +30,10 @@ _TASK_SET = """
   queued_at = to_timestamp(u.queued_at), started_at = to_timestamp(u.started_at),
   finished_at = to_timestamp(u.finished_at)"""
 _INSERT_TASKS_SQL = f"""
-INSERT INTO tasks (run_id, key, tenant_id, name, map_index, status, attempt, retry_base, executor, pool, output,
-  error, timer, timer_at, instances, queued_at, started_at, finished_at)
-SELECT u.run_id, u.key, u.tenant_id, u.name, u.map_index, u.status, u.attempt, u.retry_base, u.executor, u.pool,
+INSERT INTO tasks (run_id, key, tenant_id, name, map_index, status, attempt, retry_base, executor, route_reason,
+  pool, output, error, timer, timer_at, instances, queued_at, started_at, finished_at)
+SELECT u.run_id, u.key, u.tenant_id, u.name, u.map_index, u.status, u.attempt, u.retry_base, u.executor,
+  u.route_reason, u.pool,
   u.output, u.error, u.timer, to_timestamp(u.timer_at), u.instances, to_timestamp(u.queued_at),
   to_timestamp(u.started_at), to_timestamp(u.finished_at)
 FROM jsonb_to_recordset(CAST(:new_tasks AS jsonb)) AS u({_TASK_COLS})
@@ -111,7 +113,7 @@ _LOAD_TASKS = sa.text("""
 SELECT t.run_id::text, t.key, t.name, t.map_index, t.status, t.attempt, t.output, t.error, t.timer,
   extract(epoch FROM t.timer_at), t.instances, extract(epoch FROM t.queued_at),
   extract(epoch FROM t.started_at), extract(epoch FROM t.finished_at),
-  extract(epoch FROM a.dispatched_at), t.retry_base
+  extract(epoch FROM a.dispatched_at), t.retry_base, t.executor
 FROM tasks t LEFT JOIN attempts a
   ON a.run_id = t.run_id AND a.task_key = t.key AND a.number = t.attempt
 WHERE t.run_id = ANY(CAST(:ids AS uuid[]))
@@ -261,7 +263,7 @@ class PostgresStore:
             compiled = self._dags.get(dag_id)
             if compiled is None:
                 compiled = self._dags[dag_id] = model.compile_dag(spec.DagSpec.model_validate(dag_spec))
-            restored, undispatched, dispatched_at = [], set(), {}
+            restored, undispatched, dispatched_at, heavy = [], set(), {}, set()
             for r in tasks.get(run_id, ()):
                 t = model.Task(
                     key=r[1], name=r[2], map_index=r[3], status=TaskStatus(r[4]), attempt=r[5],
@@ -269,6 +271,8 @@ class PostgresStore:
                     queued_at=_f(r[11]), started_at=_f(r[12]), finished_at=_f(r[13]), retry_base=r[15],
                 )
                 restored.append(t)
+                if r[16] == "heavy":
+                    heavy.add(t.name)
                 if t.status in (TaskStatus.QUEUED, TaskStatus.RUNNING) and t.attempt:
                     if r[14] is None:
                         undispatched.add(t.key)
@@ -276,7 +280,7 @@ class PostgresStore:
                         dispatched_at[t.key] = float(r[14])
             run = model.Run.restore(
                 run_id=run_id, tenant=tenant, dag=compiled, params=params, status=RunStatus(status),
-                cancel_requested=cancel, tasks=restored, error=error, retries=retries,
+                cancel_requested=cancel, tasks=restored, error=error, retries=retries, heavy=frozenset(heavy),
             )
             loaded[run_id] = ports.LoadedRun(run, partition, frozenset(undispatched), dispatched_at)
         return loaded
@@ -333,13 +337,17 @@ class PostgresStore:
         params: dict[str, Any],
         partition: int,
         event: bytes,
+        routes: Mapping[str, routing.Route] | None = None,
     ) -> int:
-        """Insert the run, its tasks and the outbox event in one transaction; return the outbox id."""
+        """Insert the run, its tasks (with the router's decisions) and the outbox event in one
+        transaction; return the outbox id."""
+        routes = routes or {}
         tasks = [
             {
                 "run_id": run_id, "key": t.name, "tenant_id": tenant, "name": t.name, "map_index": None,
                 "before_status": None, "before_attempt": 0, "status": "pending", "attempt": 0, "retry_base": 0,
-                "executor": t.executor, "pool": t.pool, "output": None, "error": None, "timer": None,
+                "executor": routes[t.name].executor if t.name in routes else t.executor,
+                "route_reason": routes[t.name].reason if t.name in routes else None, "pool": t.pool, "output": None, "error": None, "timer": None,
                 "timer_at": None, "instances": None, "queued_at": None, "started_at": None,
                 "finished_at": None,
             }

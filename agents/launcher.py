@@ -1,0 +1,145 @@
+"""The Pod launcher: an agent whose slots run heavy attempts in fresh Pods instead of threads.
+
+It reads the heavy dispatch stream exactly as an agent reads its pool's stream (consumer group,
+leases, reclaim, dead letters, cancels), hands each attempt to a `PodRuntime`, and turns the
+Pod's outcome into the attempt's result, published and acknowledged atomically like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from agents import capture, interrupt, pods, podrun, worker
+from flowforge import wire
+
+log = structlog.get_logger("flowforge.launcher")
+
+# Outcomes that are the platform's doing, not the task's: (reason, retryable).
+_FAILURES: dict[str, tuple[str, bool]] = {
+    "oom_killed": (wire.FAIL_OOM, True),
+    "infrastructure": (wire.FAIL_INFRASTRUCTURE, True),
+    "image_pull": (wire.FAIL_IMAGE, False),
+    "unschedulable": (wire.FAIL_UNSCHEDULABLE, False),
+}
+
+
+class Launcher(worker.Agent):
+    def __init__(self, config: worker.AgentConfig, runtime: pods.PodRuntime, *,
+                 allowed: Mapping[str, Sequence[str]], stop_grace_s: float = 10.0,
+                 fn_command: Sequence[str] = (sys.executable, "-m", "agents.podrun"),
+                 fn_image: str | None = None) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.allowed = allowed  # pool -> the module globs its tasks' functions may come from
+        self.stop_grace_s = stop_grace_s
+        self.fn_command = list(fn_command)
+        self.fn_image = fn_image
+        self._pods: dict[tuple[str, str, int], str] = {}
+        self._stopping_pods: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        try:
+            await super().serve()
+        finally:
+            await self.runtime.close()
+
+    def request(self, env: dict[str, Any]) -> pods.PodRequest:
+        """The Pod for one attempt envelope."""
+        pod = env.get("pod") or {}
+        res = pod.get("resources") or {}
+        name = pods.pod_name(env["run"], env["task"], env["attempt"])
+        labels = {"app.kubernetes.io/managed-by": "flowforge",
+                  "flowforge.io/tenant": pods.label_value(str(env.get("tenant") or "")),
+                  "flowforge.io/run": env["run"], "flowforge.io/task": pods.label_value(env["task"]),
+                  "flowforge.io/attempt": str(env["attempt"])}
+        common: dict[str, Any] = dict(
+            name=name, labels=labels, env=dict(pod.get("env") or {}), cpu=_str(res.get("cpu")),
+            memory=_str(res.get("memory")), gpu=int(res.get("gpu") or 0), node_selector=pod.get("node_selector") or {},
+            tolerations=pod.get("tolerations") or [], timeout_s=env.get("timeout"),
+        )
+        if env.get("fn"):  # a Python function, run by the Pod-side runtime
+            pool = pod.get("pool") or "default"
+            attempt = {k: env.get(k) for k in ("tenant", "run", "task", "attempt", "map_index", "fn", "args")}
+            attempt.update(pool=pool, allowed=list(self.allowed.get(pool, ())))
+            common["env"][podrun.ATTEMPT_ENV] = podrun.encode(attempt)
+            return pods.PodRequest(command=self.fn_command, image=pod.get("image") or self.fn_image, **common)
+        args = env.get("args") or []
+        return pods.PodRequest(command=list(pod.get("command") or []), image=pod.get("image"),
+                               args=[a if isinstance(a, str) else json.dumps(a) for a in args], **common)
+
+    async def _call(self, a: worker._Attempt, cap: capture.Capture) -> Any:
+        env = a.env
+        request = self.request(env)
+        self._pods[a.ident] = request.name
+        running = asyncio.ensure_future(self.runtime.run(request))
+        try:
+            timeout = env.get("timeout")
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(running), timeout) if timeout else await running
+            except TimeoutError:
+                a.stop_reason = wire.FAIL_TIMEOUT  # type: ignore[attr-defined]
+                await self.runtime.stop(request.name, self.stop_grace_s)
+                outcome = await running
+        except asyncio.CancelledError:  # the launcher is shutting down: take the Pod with it
+            await asyncio.shield(self.runtime.stop(request.name, self.stop_grace_s))
+            raise
+        finally:
+            self._pods.pop(a.ident, None)
+        if outcome.startup_s is not None:
+            self.latency["start"].append(outcome.startup_s)
+        return self._result(a, outcome, cap, python=bool(env.get("fn")))
+
+    def _result(self, a: worker._Attempt, outcome: pods.PodOutcome, cap: capture.Capture, *, python: bool) -> Any:
+        reported: dict[str, Any] | None = None
+        for _at, stream, line in outcome.logs:
+            if line.startswith(pods.RESULT_MARK):
+                try:
+                    reported = json.loads(line[len(pods.RESULT_MARK):])
+                except ValueError:
+                    reported = {"ok": False, "reason": wire.FAIL_REJECTED, "error": "unreadable result line"}
+            else:
+                cap.write(stream, line + "\n")
+        stopped = getattr(a, "stop_reason", None)
+        if stopped is not None:
+            raise interrupt.AttemptInterrupted(stopped)
+        if outcome.phase == "stopped":
+            raise interrupt.AttemptInterrupted(wire.FAIL_CANCELLED)
+        if outcome.phase in _FAILURES:
+            reason, retryable = _FAILURES[outcome.phase]
+            raise worker.AttemptFailed(reason, outcome.message, retryable=retryable)
+        if python and reported is not None:
+            if reported.get("ok"):
+                self._check_result(reported.get("output"))
+                return reported.get("output")
+            reason = str(reported.get("reason") or wire.FAIL_ERROR)
+            raise worker.AttemptFailed(reason, str(reported.get("error") or outcome.message),
+                                       retryable=reason != wire.FAIL_REJECTED)
+        if outcome.phase == "succeeded":
+            if python:
+                raise worker.AttemptFailed(wire.FAIL_ERROR, "the Pod exited 0 without reporting a result")
+            return None
+        raise worker.AttemptFailed(wire.FAIL_ERROR, outcome.message + _tail(outcome))
+
+    def _stop_attempt(self, a: worker._Attempt, reason: str) -> None:
+        a.stop_reason = reason  # type: ignore[attr-defined]
+        name = self._pods.get(a.ident)
+        if name is None:
+            return  # not started: `_run` sees the cancel before it starts a Pod
+        job = asyncio.get_running_loop().create_task(self.runtime.stop(name, self.stop_grace_s))
+        self._stopping_pods.add(job)
+        job.add_done_callback(self._stopping_pods.discard)
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _tail(outcome: pods.PodOutcome, lines: int = 5) -> str:
+    err = [line for _t, stream, line in outcome.logs if stream == "stderr"][-lines:]
+    return ("; last stderr lines:\n" + "\n".join(err)) if err else ""
