@@ -196,6 +196,7 @@ class Stack:
                 machine=machine.Config(
                     deadline_grace=c.deadline_grace.total_seconds(),
                     cancel_grace=c.cancel_grace.total_seconds(),
+                    infra_retries=cfg.pods.infra_retries,
                 ),
             ),
         )

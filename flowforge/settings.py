@@ -91,6 +91,10 @@ class PodsSettings(BaseModel):
     default_memory: str | None = Field(
         None, description="Memory limit of a heavy attempt that requests none, e.g. `2Gi` (unset: none).",
     )
+    infra_retries: int = Field(
+        3, ge=0, le=100, description="Attempts lost to the platform (eviction, preemption, node loss) retried "
+        "per task without spending its retry budget.",
+    )
 
 
 class ApiSettings(BaseModel):

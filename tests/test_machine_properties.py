@@ -81,8 +81,9 @@ def drive(world: World, data, *, allow_cancel: bool) -> None:
             if t.status == S.QUEUED:
                 choices.append(machine.Started(t.key, t.attempt, "agent"))
             ok = data.draw(st.booleans(), label=f"ok {t.key}#{t.attempt}")
+            reason = "error" if ok else data.draw(st.sampled_from(["error", "infrastructure"]), label="reason")
             choices.append(machine.Finished(t.key, t.attempt, ok=ok, output=data.draw(st.integers(0, 9)) if ok else None,
-                                            error=None if ok else "boom"))
+                                            error=None if ok else "boom", reason=reason))
         for t in run.tasks.values():
             if t.timer is not None:
                 choices.append(machine.TimerDue(t.key, t.attempt, t.timer))
@@ -120,10 +121,10 @@ def check_rules(run: model.Run) -> None:
         if t.status == S.SKIPPED:
             assert tspec.when or any(u.status == S.SKIPPED for u in ups)
         if tspec.map is None:
-            assert t.attempt <= tspec.retries.limit + 1
+            assert t.attempt <= tspec.retries.limit + 1 + t.infra_failures
         else:
             for inst in run.instances(name):
-                assert inst.attempt <= tspec.retries.limit + 1
+                assert inst.attempt <= tspec.retries.limit + 1 + inst.infra_failures
     statuses = {t.status for t in run.tasks.values()}
     if run.cancel_requested:
         assert run.status == RunStatus.CANCELLED
@@ -181,3 +182,22 @@ def test_retry_backoff_timer_then_new_attempt():
     fx = machine.advance(run, machine.TimerDue("a", 1, TIMER_RETRY), 3.0)
     assert run.tasks["a"].status == S.QUEUED and run.tasks["a"].attempt == 2
     assert any(isinstance(f, machine.Enqueue) for f in fx)
+
+
+def test_attempts_lost_to_the_platform_do_not_spend_the_retry_budget():
+    dag = spec.DagSpec.model_validate({"name": "d", "tasks": [
+        {"name": "a", "fn": "m:f", "executor": "heavy", "retries": {"limit": 1, "base_seconds": 0, "jitter": 0}}]})
+    run = model.Run.new("r", "t", model.compile_dag(dag), {}, heavy=frozenset({"a"}))
+    cfg = machine.Config(infra_retries=2)
+    fx = machine.advance(run, machine.Start(), 0.0, cfg)
+    assert next(f for f in fx if isinstance(f, machine.Enqueue)).pool == model.HEAVY_POOL
+    lost = dict(ok=False, reason="infrastructure", error="evicted")
+    for n in (1, 2):  # evicted twice: queued again at once, the budget untouched
+        fx = machine.advance(run, machine.Finished("a", n, **lost), float(n), cfg)
+        assert run.tasks["a"].status == S.QUEUED and run.tasks["a"].attempt == n + 1
+        assert run.tasks["a"].attempt - run.tasks["a"].retry_base == 1
+    machine.advance(run, machine.Finished("a", 3, **lost), 3.0, cfg)  # over its own limit: the budget pays
+    assert run.tasks["a"].status == S.RETRYING
+    machine.advance(run, machine.TimerDue("a", 3, TIMER_RETRY), 4.0, cfg)
+    machine.advance(run, machine.Finished("a", 4, ok=False, reason="error", error="boom"), 5.0, cfg)
+    assert run.tasks["a"].status == S.FAILED and run.tasks["a"].infra_failures == 2

@@ -24,6 +24,10 @@ S = TaskStatus
 class Config:
     deadline_grace: float = 30.0  # seconds past a timeout before a silent attempt is failed
     cancel_grace: float = 10.0  # seconds a running attempt has to stop after a cancel
+    infra_retries: int = 3  # attempts lost to the platform retried per task, off its retry budget
+
+
+REASON_INFRASTRUCTURE = "infrastructure"  # the Pod was evicted or preempted, or its node was lost
 
 
 # ---- events (in) -------------------------------------------------------------------------
@@ -252,6 +256,10 @@ def _finished(step: _Step, ev: Finished) -> None:
     step.effects.append(
         AttemptChanged(ev.key, ev.attempt, "failed", error=ev.error, reason=ev.reason, **closed)
     )
+    if ev.reason == REASON_INFRASTRUCTURE and ev.retryable and task.infra_failures < step.config.infra_retries:
+        # Not the task's fault: run it again at once, without spending its retry budget.
+        _queue(step, task, infra_failures=task.infra_failures + 1, retry_base=task.retry_base + 1)
+        return
     policy = step.run.dag.tasks[task.name].retries
     tried = task.attempt - task.retry_base  # attempts of this budget, this one included
     if ev.retryable and retry.retries_left(policy, tried):
@@ -421,7 +429,7 @@ def _collect(step: _Step, parent: Task) -> None:
         step.set(parent, status=S.SUCCEEDED, output=[t.output for t in instances], finished_at=step.now)
 
 
-def _queue(step: _Step, task: Task) -> None:
+def _queue(step: _Step, task: Task, **changes: Any) -> None:
     """Start the next attempt of `task`: resolve its arguments and hand it to the scheduler."""
     run = step.run
     tspec = run.dag.tasks[task.name]
@@ -433,7 +441,7 @@ def _queue(step: _Step, task: Task) -> None:
     attempt = task.attempt + 1
     queued = step.set(
         task, status=S.QUEUED, attempt=attempt, error=None, timer=None, timer_at=None,
-        queued_at=step.now, started_at=None, finished_at=None,
+        queued_at=step.now, started_at=None, finished_at=None, **changes,
     )
     step.effects.append(AttemptChanged(task.key, attempt, "queued", queued_at=step.now))
     step.effects.append(Enqueue(queued, run.dispatch_pool(task.name), tspec.fn, args, tspec.timeout_seconds))

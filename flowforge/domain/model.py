@@ -26,6 +26,7 @@ class Task:
     status: TaskStatus = TaskStatus.PENDING
     attempt: int = 0  # the current attempt's number; 0 before the first
     retry_base: int = 0  # attempts made before the current retry budget (a run retry resets it)
+    infra_failures: int = 0  # attempts lost to the platform (evicted, preempted): off the budget
     map_index: int | None = None
     output: Any = None
     error: str | None = None

@@ -42,8 +42,9 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.PENDING: frozenset(
         {S.QUEUED, S.RUNNING, S.SUCCEEDED, S.FAILED, S.SKIPPED, S.UPSTREAM_FAILED, S.CANCELLED}
     ),
-    S.QUEUED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED}),
+    # QUEUED again: an attempt lost to the platform (evicted, preempted) is replaced at once.
+    S.QUEUED: frozenset({S.QUEUED, S.RUNNING, S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED}),
+    S.RUNNING: frozenset({S.QUEUED, S.SUCCEEDED, S.FAILED, S.RETRYING, S.CANCELLED}),
     S.RETRYING: frozenset({S.QUEUED, S.CANCELLED, S.FAILED}),
     # Terminal states leave only through an explicit run retry: a task goes back to PENDING
     # (its next attempt is a new one), a mapped parent back to RUNNING while failed instances

@@ -19,20 +19,21 @@ from flowforge.domain.states import RunStatus, TaskStatus
 
 _TASK_COLS = (
     "run_id uuid, key text, tenant_id text, name text, map_index int, before_status text, "
-    "before_attempt int, status text, attempt int, retry_base int, executor text, route_reason text, pool text, "
+    "before_attempt int, status text, attempt int, retry_base int, infra_failures int, executor text, route_reason text, pool text, "
     "output jsonb, "
     "error text, timer text, timer_at float8, instances int, queued_at float8, started_at float8, "
     "finished_at float8"
 )
 _TASK_SET = """
-  status = u.status, attempt = u.attempt, retry_base = u.retry_base, output = u.output, error = u.error, timer = u.timer,
+  status = u.status, attempt = u.attempt, retry_base = u.retry_base, infra_failures = u.infra_failures, output = u.output, error = u.error, timer = u.timer,
   timer_at = to_timestamp(u.timer_at), instances = u.instances,
   queued_at = to_timestamp(u.queued_at), started_at = to_timestamp(u.started_at),
   finished_at = to_timestamp(u.finished_at)"""
 _INSERT_TASKS_SQL = f"""
-INSERT INTO tasks (run_id, key, tenant_id, name, map_index, status, attempt, retry_base, executor, route_reason,
-  pool, output, error, timer, timer_at, instances, queued_at, started_at, finished_at)
-SELECT u.run_id, u.key, u.tenant_id, u.name, u.map_index, u.status, u.attempt, u.retry_base, u.executor,
+INSERT INTO tasks (run_id, key, tenant_id, name, map_index, status, attempt, retry_base, infra_failures, executor,
+  route_reason, pool, output, error, timer, timer_at, instances, queued_at, started_at, finished_at)
+SELECT u.run_id, u.key, u.tenant_id, u.name, u.map_index, u.status, u.attempt, u.retry_base, u.infra_failures,
+  u.executor,
   u.route_reason, u.pool,
   u.output, u.error, u.timer, to_timestamp(u.timer_at), u.instances, to_timestamp(u.queued_at),
   to_timestamp(u.started_at), to_timestamp(u.finished_at)
@@ -113,7 +114,7 @@ _LOAD_TASKS = sa.text("""
 SELECT t.run_id::text, t.key, t.name, t.map_index, t.status, t.attempt, t.output, t.error, t.timer,
   extract(epoch FROM t.timer_at), t.instances, extract(epoch FROM t.queued_at),
   extract(epoch FROM t.started_at), extract(epoch FROM t.finished_at),
-  extract(epoch FROM a.dispatched_at), t.retry_base, t.executor
+  extract(epoch FROM a.dispatched_at), t.retry_base, t.executor, t.infra_failures
 FROM tasks t LEFT JOIN attempts a
   ON a.run_id = t.run_id AND a.task_key = t.key AND a.number = t.attempt
 WHERE t.run_id = ANY(CAST(:ids AS uuid[]))
@@ -170,7 +171,8 @@ class PostgresStore:
             row = {
                 "run_id": w.run_id, "key": t.key, "tenant_id": w.tenant, "name": t.name,
                 "map_index": t.map_index, "before_status": w.before, "before_attempt": w.before_attempt,
-                "status": t.status, "attempt": t.attempt, "retry_base": t.retry_base, "executor": w.executor, "pool": w.pool,
+                "status": t.status, "attempt": t.attempt, "retry_base": t.retry_base,
+                "infra_failures": t.infra_failures, "executor": w.executor, "pool": w.pool,
                 "output": t.output, "error": t.error, "timer": t.timer, "timer_at": t.timer_at,
                 "instances": t.instances, "queued_at": t.queued_at, "started_at": t.started_at,
                 "finished_at": t.finished_at,
@@ -269,6 +271,7 @@ class PostgresStore:
                     key=r[1], name=r[2], map_index=r[3], status=TaskStatus(r[4]), attempt=r[5],
                     output=r[6], error=r[7], timer=r[8], timer_at=_f(r[9]), instances=r[10],
                     queued_at=_f(r[11]), started_at=_f(r[12]), finished_at=_f(r[13]), retry_base=r[15],
+                    infra_failures=r[17],
                 )
                 restored.append(t)
                 if r[16] == "heavy":
@@ -346,7 +349,7 @@ class PostgresStore:
             {
                 "run_id": run_id, "key": t.name, "tenant_id": tenant, "name": t.name, "map_index": None,
                 "before_status": None, "before_attempt": 0, "status": "pending", "attempt": 0, "retry_base": 0,
-                "executor": routes[t.name].executor if t.name in routes else t.executor,
+                "infra_failures": 0, "executor": routes[t.name].executor if t.name in routes else t.executor,
                 "route_reason": routes[t.name].reason if t.name in routes else None, "pool": t.pool, "output": None, "error": None, "timer": None,
                 "timer_at": None, "instances": None, "queued_at": None, "started_at": None,
                 "finished_at": None,

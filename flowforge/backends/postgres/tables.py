@@ -95,6 +95,7 @@ class Task(Base):
     status: Mapped[str] = mapped_column(sa.String(16))
     attempt: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     retry_base: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    infra_failures: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     executor: Mapped[str] = mapped_column(sa.String(8))
     route_reason: Mapped[str | None] = mapped_column(sa.Text)  # why the router chose the executor
     pool: Mapped[str] = mapped_column(sa.String(64))
