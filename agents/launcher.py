@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ _FAILURES: dict[str, tuple[str, bool]] = {
     "infrastructure": (wire.FAIL_INFRASTRUCTURE, True),
     "image_pull": (wire.FAIL_IMAGE, False),
     "unschedulable": (wire.FAIL_UNSCHEDULABLE, False),
+    "deadline": (wire.FAIL_TIMEOUT, True),
 }
 
 
@@ -44,10 +46,28 @@ class Launcher(worker.Agent):
         self._stopping_pods: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
+        collecting = asyncio.create_task(self._collect_garbage(), name="pod gc")
         try:
             await super().serve()
         finally:
+            collecting.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
             await self.runtime.close()
+
+    async def _collect_garbage(self, every_s: float = 30.0) -> None:
+        """Delete finished Pods past their TTL (runtimes whose Pods outlive their attempt)."""
+        collect = getattr(self.runtime, "collect_garbage", None)
+        if collect is None:
+            return
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                removed = await collect()
+            except Exception as exc:  # the API server is away: next round
+                log.warning("launcher.gc_failed", error=repr(exc))
+                continue
+            if removed:
+                log.info("launcher.gc", pods=removed)
 
     def request(self, env: dict[str, Any]) -> pods.PodRequest:
         """The Pod for one attempt envelope."""
@@ -76,7 +96,11 @@ class Launcher(worker.Agent):
     async def _call(self, a: worker._Attempt, cap: capture.Capture) -> Any:
         env = a.env
         request = self.request(env)
+        if request.image is None and self.runtime.outlives_launcher:
+            raise worker.AttemptFailed(wire.FAIL_REJECTED, "a heavy Python task needs an image on Kubernetes: set "
+                                       "the task's image, or pods.image (the agent image)", retryable=False)
         self._pods[a.ident] = request.name
+        created = time.time()
         running = asyncio.ensure_future(self.runtime.run(request))
         try:
             timeout = env.get("timeout")
@@ -86,13 +110,15 @@ class Launcher(worker.Agent):
                 a.stop_reason = wire.FAIL_TIMEOUT  # type: ignore[attr-defined]
                 await self.runtime.stop(request.name, self.stop_grace_s)
                 outcome = await running
-        except asyncio.CancelledError:  # the launcher is shutting down: take the Pod with it
-            await asyncio.shield(self.runtime.stop(request.name, self.stop_grace_s))
+        except asyncio.CancelledError:  # the launcher is shutting down
+            if not self.runtime.outlives_launcher:  # a local process would be orphaned: stop it
+                await asyncio.shield(self.runtime.stop(request.name, self.stop_grace_s))
             raise
         finally:
             self._pods.pop(a.ident, None)
         if outcome.startup_s is not None:
             self.latency["start"].append(outcome.startup_s)
+            a.began = created + outcome.startup_s
         return self._result(a, outcome, cap, python=bool(env.get("fn")))
 
     def _result(self, a: worker._Attempt, outcome: pods.PodOutcome, cap: capture.Capture, *, python: bool) -> Any:
@@ -114,6 +140,8 @@ class Launcher(worker.Agent):
             reason, retryable = _FAILURES[outcome.phase]
             raise worker.AttemptFailed(reason, outcome.message, retryable=retryable)
         if python and reported is not None:
+            if isinstance(reported.get("started_at"), float):
+                a.began = reported["started_at"]  # when the function itself started
             if reported.get("ok"):
                 self._check_result(reported.get("output"))
                 return reported.get("output")

@@ -22,6 +22,8 @@ _MAX_LINE = 8192
 
 
 class LocalProcessRuntime:
+    outlives_launcher = False
+
     def __init__(self, *, max_log_lines: int = 10_000, default_memory: str | None = None,
                  cwd: str | None = None) -> None:
         self.max_log_lines = max_log_lines

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -53,17 +54,18 @@ def main() -> int:
         map_index=attempt.get("map_index"), cancelled=threading.Event(),
     ))
     args = attempt.get("args") or []
+    began = time.time()
     try:
         call = (lambda: fn(**args)) if isinstance(args, dict) else (lambda: fn(*args))
         output = asyncio.run(call()) if is_async else call()
     except MemoryError:
-        _report(ok=False, reason="oom_killed", error="out of memory (MemoryError)")
+        _report(ok=False, reason="oom_killed", error="out of memory (MemoryError)", started_at=began)
         return 137
     except BaseException:  # noqa: BLE001 - the attempt's failure, with its traceback
-        _report(ok=False, reason="error", error=traceback.format_exc()[-16_384:])
+        _report(ok=False, reason="error", error=traceback.format_exc()[-16_384:], started_at=began)
         return 1
     try:
-        _report(ok=True, output=output)
+        _report(ok=True, output=output, started_at=began)
     except (TypeError, ValueError) as exc:
         _report(ok=False, reason="rejected",
                 error=f"result of type {type(output).__name__} is not JSON-serialisable ({exc})")

@@ -12,7 +12,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Phase = Literal["succeeded", "failed", "oom_killed", "infrastructure", "image_pull", "unschedulable", "stopped"]
+Phase = Literal[
+    "succeeded", "failed", "oom_killed", "infrastructure", "image_pull", "unschedulable", "deadline", "stopped"
+]
 RESULT_MARK = "::flowforge-result::"  # the Pod-side runtime's last stdout line: RESULT_MARK + JSON
 
 
@@ -44,6 +46,10 @@ class PodOutcome:
 
 
 class PodRuntime(Protocol):
+    # True when a Pod outlives the launcher that created it (Kubernetes): a launcher stopping
+    # leaves it running, and the attempt's next delivery follows the same Pod.
+    outlives_launcher: bool
+
     async def run(self, request: PodRequest) -> PodOutcome:
         """Create the Pod, follow it to its end, collect its logs; return what came of it."""
 

@@ -77,6 +77,7 @@ class _Attempt:
     task: asyncio.Task[Any] | None = None
     # A sync function that ignored its timeout or cancel: its thread holds the slot until it ends.
     stuck: asyncio.Future[Any] | None = None
+    began: float | None = None  # when the task's code started, if a runner knows better (a Pod)
 
     @property
     def ident(self) -> tuple[str, str, int]:
@@ -275,6 +276,8 @@ class Agent:
             announce.cancel()
         finally:
             event["finished_at"] = time.time()
+            if a.began is not None:
+                event["started_at"] = a.began
             self._outbox.put_nowait((a.partition, a.entry_id, _pack_result(event)))
 
     def _announce(self, partition: int, event: dict[str, Any]) -> None:

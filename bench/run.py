@@ -26,6 +26,10 @@ Scenarios (identical semantics everywhere):
   ``submit_ms_p50``/``submit_ms_p95``: latency of one submission, 200 in a row
   from one client; ``runs_per_s``: 300 runs submitted by 8 concurrent clients,
   divided by the seconds from the first submission until the last run succeeded.
+* ``warm_vs_cold`` (FlowForge only): one no-op task per run, one run at a time;
+  the median time from dispatch until the function starts, on a warm agent
+  (``light_ms_p50``) and in a fresh local process (``heavy_ms_p50``, the
+  embedded Pod runtime); ``ratio`` = heavy / light (target >= 100).
 
 Results file: ``{"<scenario>": {"<system>": {"<metric>": <number>}}}``.  Every
 scenario run now is *replaced* by this run's figures (so one scenario never
@@ -53,13 +57,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REF = "flowforge"
 DEFAULT_SYSTEMS = ("flowforge", "celery", "ray")
-DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit")
+DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit", "warm_vs_cold")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 # (scenario, metric, op, threshold) checked for FlowForge.
 TARGETS = (
     ("chain100", "per_hop_ms_p50", "<=", 5.0),
     ("fanout10k", "tasks_per_s", ">=", 1000.0),
+    ("warm_vs_cold", "ratio", ">=", 100.0),
 )
 # Metrics on which FlowForge must beat Celery.
 BEAT_CELERY = (("chain100", "per_hop_ms_p50"), ("fanout10k", "tasks_per_s"))

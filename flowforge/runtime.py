@@ -228,10 +228,14 @@ class Stack:
             max_log_line_bytes=cfg.agents.max_log_line_bytes, max_log_lines=cfg.agents.max_log_lines,
             max_log_bytes=cfg.agents.max_log_bytes, name=f"launcher-{os.getpid()}",
         )
+        allowed = {n: p.allowed_functions for n, p in pool_cfgs.items()}
+        grace = cfg.pods.stop_grace.total_seconds()
+        if cfg.pods.runtime == "kubernetes":
+            return launcher.Launcher(config, kubernetes_runtime(cfg), allowed=allowed, stop_grace_s=grace,
+                                     fn_command=("python", "-m", "agents.podrun"), fn_image=cfg.pods.image)
         runtime = localpods.LocalProcessRuntime(max_log_lines=cfg.agents.max_log_lines,
                                                 default_memory=cfg.pods.default_memory)
-        return launcher.Launcher(config, runtime, allowed={n: p.allowed_functions for n, p in pool_cfgs.items()},
-                                 stop_grace_s=cfg.pods.stop_grace.total_seconds())
+        return launcher.Launcher(config, runtime, allowed=allowed, stop_grace_s=grace)
 
     async def readiness(self) -> dict[str, str]:
         """Whether Postgres and Redis answer, each "ok" or what went wrong."""
@@ -276,6 +280,38 @@ class Stack:
             import ray
 
             await asyncio.to_thread(ray.shutdown)
+
+
+def kubernetes_runtime(cfg: settings_mod.Settings) -> Any:
+    """The Kubernetes Pod runtime: credentials from `pods.kubeconfig`, else the in-cluster
+    service account, else ~/.kube/config."""
+    from kubernetes import client, config as kube_config
+
+    from agents import kubepods
+
+    p = cfg.pods
+    api_client = client.ApiClient(configuration=client.Configuration())
+    try:
+        if p.kubeconfig is not None:
+            kube_config.load_kube_config(str(p.kubeconfig), client_configuration=api_client.configuration)
+        else:
+            try:
+                kube_config.load_incluster_config(client_configuration=api_client.configuration)
+            except kube_config.ConfigException:
+                kube_config.load_kube_config(client_configuration=api_client.configuration)
+    except (kube_config.ConfigException, OSError) as exc:
+        raise errors.ConfigError(f"pods.runtime is kubernetes but no cluster credentials were found: {exc}; "
+                                 "set pods.kubeconfig, or run inside the cluster") from None
+    opts = kubepods.Options(
+        namespace=p.namespace, service_account=p.service_account,
+        automount_service_account_token=p.automount_service_account_token, run_as_user=p.run_as_user,
+        start_timeout_s=p.start_timeout.total_seconds(), stop_grace_s=p.stop_grace.total_seconds(),
+        ttl_s=p.ttl_after_finished.total_seconds(), create_qps=p.create_qps, create_burst=p.create_burst,
+        max_log_lines=cfg.agents.max_log_lines, max_log_bytes=cfg.agents.max_log_bytes + 2 * cfg.agents.max_result_bytes,
+        init_containers=p.inject.init_containers, sidecars=p.inject.sidecars, env=p.inject.env,
+        volumes=p.inject.volumes, volume_mounts=p.inject.volume_mounts,
+    )
+    return kubepods.KubernetesPodRuntime(client.CoreV1Api(api_client), opts)
 
 
 class ApiServer:

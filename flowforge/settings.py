@@ -79,11 +79,43 @@ class AgentSettings(BaseModel):
     max_log_bytes: int = Field(1 << 20, ge=1024, description="Captured output bytes per attempt; the rest is dropped.")
 
 
+class PodInjection(BaseModel):
+    """Added to every heavy Pod, as Kubernetes JSON (camelCase): e.g. an init container that
+    stages the runtime, a log-shipping sidecar, shared volumes."""
+
+    init_containers: list[dict[str, Any]] = Field(default_factory=list, description="Init containers.")
+    sidecars: list[dict[str, Any]] = Field(default_factory=list, description="Containers beside the task's.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of the task's container.")
+    volumes: list[dict[str, Any]] = Field(default_factory=list, description="Pod volumes.")
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list, description="Mounts of the task's container.")
+
+
 class PodsSettings(BaseModel):
-    runtime: Literal["local", "none"] = Field(
+    runtime: Literal["local", "kubernetes", "none"] = Field(
         "local", description="Where heavy tasks run: `local`, a fresh process per attempt on the coordinator's "
-        "machine; `none`, heavy tasks are refused at submission.",
+        "machine; `kubernetes`, a fresh Pod; `none`, heavy tasks are refused at submission.",
     )
+    namespace: str = Field("default", description="Namespace of heavy Pods (kubernetes).")
+    image: str | None = Field(
+        None, description="Image of heavy Python tasks' Pods: the agent image, with your task code (kubernetes).",
+    )
+    kubeconfig: Path | None = Field(
+        None, description="Kubeconfig file (kubernetes). Unset: the in-cluster service account, else ~/.kube/config.",
+    )
+    service_account: str | None = Field(None, description="Service account of heavy Pods (unset: the namespace's default).")
+    automount_service_account_token: bool = Field(
+        False, description="Give heavy Pods an API token (off: task code cannot talk to the cluster).",
+    )
+    run_as_user: int = Field(10001, ge=1, description="UID heavy containers run as (never root).")
+    start_timeout: timedelta = Field(
+        timedelta(minutes=5), description="A Pod not running after this (image pull, no node fits) fails its attempt.",
+    )
+    ttl_after_finished: timedelta = Field(
+        timedelta(minutes=10), description="Finished Pods are deleted this long after they end (0: at once).",
+    )
+    create_qps: float = Field(5.0, gt=0, description="Pod creations per second, sustained.")
+    create_burst: int = Field(10, ge=1, description="Pod creations allowed at once above the sustained rate.")
+    inject: PodInjection = Field(default_factory=PodInjection)
     max_concurrent: int = Field(4, ge=1, le=10_000, description="Heavy attempts running at once.")
     stop_grace: timedelta = Field(
         timedelta(seconds=10), description="After SIGTERM (cancel, timeout), how long before SIGKILL.",

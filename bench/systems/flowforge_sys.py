@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,7 +91,7 @@ def setup() -> None:
     loop.run_until_complete(cat.ensure_tenant("default"))
     _state["token"] = loop.run_until_complete(cat.create_token("default", "bench"))
     _state.update(loop=loop, store=store, catalog=cat, queue=queue, db_url=db_url,
-                  submitter=submission.Submitter(store, cat, queue, partitions=1),
+                  submitter=submission.Submitter(store, cat, queue, partitions=1, heavy=True),
                   poll=psycopg.connect(db_url, autocommit=True))
 
 
@@ -197,6 +198,32 @@ def fanout10k(n: int = 10_000) -> dict[str, float]:
     _run(dag, {"items": list(range(500))})  # warm-up
     _, elapsed = _run(dag, {"items": list(range(n))})
     return {"tasks_per_s": n / elapsed}
+
+
+def _start_latencies_ms(run: dict) -> list[float]:
+    """Dispatch -> the task's code started, per attempt of a run."""
+    out = []
+    for t in run["tasks"]:
+        for a in t["attempts"]:
+            if a["dispatched_at"] and a["started_at"]:
+                out.append((a["started_at"] - a["dispatched_at"]).total_seconds() * 1000)
+    return out
+
+
+def warm_vs_cold(light: int = 60, heavy: int = 15) -> dict[str, float]:
+    """One no-op task per run, one run at a time: how long from dispatch until the function
+    starts, on a warm agent (light) and in a fresh local process (heavy)."""
+    def sample(executor: str, n: int) -> list[float]:
+        dag = {"name": f"start-{executor}", "tasks": [
+            {"name": "t", "fn": "bench.systems.ff_tasks:noop", "executor": executor}]}
+        _run(dag)  # warm-up
+        found: list[float] = []
+        for _ in range(n):
+            found += _start_latencies_ms(_run(dag)[0])
+        return found
+
+    light_ms, heavy_ms = statistics.median(sample("light", light)), statistics.median(sample("heavy", heavy))
+    return {"light_ms_p50": light_ms, "heavy_ms_p50": heavy_ms, "ratio": heavy_ms / light_ms}
 
 
 def _ten_task_dag() -> dict:

@@ -307,15 +307,16 @@ class Coordinator:
             task = entry[0].tasks.get(item.key)
             return task is not None and task.attempt == item.attempt and task.status in TASK_ACTIVE
 
+        dispatched = self.clock.now()  # after this cycle's loads: when the hand-off begins
         for item in self.scheduler.take(wanted, cyc.now):
             cyc.touched.add(item.run_id)
-            env = dict(item.envelope, dispatched_at=cyc.now)
+            env = dict(item.envelope, dispatched_at=dispatched)
             out.append((item.partition, item.pool, wire.pack(wire.DISPATCH, **env)))
             # An attempt's row appears when it is handed to its pool; until then the task row
             # (queued, attempt n) is the whole story, and a reload re-queues it.
             cyc.batch.attempts[(item.run_id, item.key, item.attempt)] = ports.AttemptWrite(
                 item.run_id, item.tenant, item.key, item.attempt, "queued", pool=item.pool,
-                queued_at=item.envelope["queued_at"], dispatched_at=cyc.now,
+                queued_at=item.envelope["queued_at"], dispatched_at=dispatched,
             )
         return out
 
