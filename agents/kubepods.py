@@ -424,8 +424,19 @@ class KubernetesPodRuntime:
     async def close(self) -> None:
         """Stop watching. Running Pods keep running: the next delivery of their attempt follows them."""
         self._closed.set()
-        if self._watcher is not None:
-            self._watcher.stop()
+        thread = self._watch_thread
+        if thread is None:
+            return
+
+        def join() -> None:
+            # A stop() landing between two streams is forgotten by the client: repeat it.
+            deadline = time.monotonic() + 5
+            while thread.is_alive() and time.monotonic() < deadline:
+                if self._watcher is not None:
+                    self._watcher.stop()
+                thread.join(0.05)
+
+        await asyncio.to_thread(join)
 
 
 def _api_message(exc: Any) -> str:
