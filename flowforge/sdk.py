@@ -186,6 +186,11 @@ class Task:
         timeout_seconds: float | None = _UNSET,
         executor: spec.Executor = _UNSET,
         pool: str = _UNSET,
+        resources: dict[str, Any] | None = _UNSET,
+        image: str | None = _UNSET,
+        env: dict[str, str] | None = _UNSET,
+        node_selector: dict[str, str] | None = _UNSET,
+        tolerations: list[dict[str, Any]] | None = _UNSET,
     ) -> Task:
         """A copy of this task with per-call settings; call it (or `.map` it) as usual."""
         copy = Task(
@@ -203,6 +208,11 @@ class Task:
             "timeout_seconds": timeout_seconds,
             "executor": executor,
             "pool": pool,
+            "resources": resources,
+            "image": image,
+            "env": env,
+            "node_selector": node_selector,
+            "tolerations": tolerations,
         }
         copy._options.update({k: v for k, v in given.items() if v is not _UNSET})
         return copy
@@ -253,8 +263,15 @@ def task(
     timeout_seconds: float | None = None,
     executor: spec.Executor = "light",
     pool: str = "default",
+    resources: dict[str, Any] | None = None,
+    image: str | None = None,
+    env: dict[str, str] | None = None,
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
 ) -> Any:
-    """Make a function a FlowForge task; use as `@task` or `@task(retries=3, pool="gpu")`."""
+    """Make a function a FlowForge task; use as `@task` or `@task(retries=3, pool="gpu")`.
+    Heavy tasks (`executor="heavy"`, or `"auto"` with large `resources`) run in a fresh Pod:
+    `image` (default: the agent image), `env`, `node_selector`, `tolerations` shape it."""
 
     def decorate(f: Callable[..., Any]) -> Task:
         options = {
@@ -262,6 +279,11 @@ def task(
             "timeout_seconds": timeout_seconds,
             "executor": executor,
             "pool": pool,
+            "resources": resources,
+            "image": image,
+            "env": env,
+            "node_selector": node_selector,
+            "tolerations": tolerations,
         }
         return Task(f, fn_path=_function_path(f), name=name or f.__name__, options=options)
 

@@ -351,15 +351,7 @@ class PatchError(ValueError):
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: objects merge recursively, ``null`` deletes a key, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+    return _merge(target, patch, strategic=False)
 
 
 # patchMergeKey of the core/v1 lists a strategic merge patch merges instead of replacing.
@@ -372,16 +364,21 @@ _STRATEGIC_MERGE_KEYS = {
 
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
     """Merge patch plus list merging by patchMergeKey and ``$patch: delete`` list items."""
+    return _merge(target, patch, strategic=True)
+
+
+def _merge(target: Any, patch: Any, *, strategic: bool) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
-        elif key in _STRATEGIC_MERGE_KEYS and isinstance(value, list) and isinstance(result.get(key), list):
+        elif strategic and key in _STRATEGIC_MERGE_KEYS and isinstance(value, list) \
+                and isinstance(result.get(key), list):
             result[key] = _merge_list(result[key], value, _STRATEGIC_MERGE_KEYS[key])
         else:
-            result[key] = strategic_merge_patch(result.get(key), value)
+            result[key] = _merge(result.get(key), value, strategic=strategic)
     return result
 
 

@@ -558,3 +558,11 @@ def test_dockerfile_builds_the_agent_image():
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
                 assert f"!{source.rstrip('/')}" in ignore, f"COPY {source}: excluded by Dockerfile.dockerignore"
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_heavy_python_tasks_run_in_the_image_the_overlay_pins(overlay):
+    coordinator = one(render(overlay), "StatefulSet", "flowforge-coordinator")
+    container = coordinator["spec"]["template"]["spec"]["containers"][0]
+    env = [e for e in container["env"] if e["name"] == "FLOWFORGE_PODS__IMAGE"]
+    assert len(env) == 1 and env[0]["value"] == container["image"]

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import kubernetes.client
 import pytest
@@ -16,6 +17,7 @@ from agents import kubepods, localpods, pods
 from tests.kube_fake import FakeKube
 
 NS = "jobs"
+T = TypeVar("T")
 
 
 @dataclass
@@ -74,42 +76,36 @@ def runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
         yield Runtime("kubernetes", _kube(kube), _kube_scenarios, kube)
 
 
-def _run(coro):  # each test owns its loop: the watch thread posts into it
-    return asyncio.run(coro)
+def _using(impl: pods.PodRuntime, body: Callable[[], Awaitable[T]]) -> T:
+    """Run `body` on a fresh loop (each test owns one: the watch thread posts into it), then
+    close the runtime."""
+    async def main() -> T:
+        try:
+            return await body()
+        finally:
+            await impl.close()
+
+    return asyncio.run(main())
+
+
+def _outcome(runtime: Runtime, scenario: str) -> pods.PodOutcome:
+    return _using(runtime.impl, lambda: runtime.impl.run(runtime.scenario(scenario, f"ff-{scenario}-1")))
 
 
 def test_a_pod_that_succeeds(runtime):
-    async def main() -> pods.PodOutcome:
-        try:
-            return await runtime.impl.run(runtime.scenario("ok", "ff-ok-1"))
-        finally:
-            await runtime.impl.close()
-
-    out = _run(main())
+    out = _outcome(runtime, "ok")
     assert (out.phase, out.exit_code) == ("succeeded", 0)
     assert out.logs and all(isinstance(at, float) for at, _s, _l in out.logs)
     assert out.startup_s is not None and out.startup_s >= 0
 
 
 def test_a_non_zero_exit_keeps_its_code(runtime):
-    async def main() -> pods.PodOutcome:
-        try:
-            return await runtime.impl.run(runtime.scenario("exit3", "ff-exit-1"))
-        finally:
-            await runtime.impl.close()
-
-    out = _run(main())
+    out = _outcome(runtime, "exit3")
     assert (out.phase, out.exit_code) == ("failed", 3) and "exited with code 3" in out.message
 
 
 def test_running_out_of_memory_is_oom_killed(runtime):
-    async def main() -> pods.PodOutcome:
-        try:
-            return await runtime.impl.run(runtime.scenario("oom", "ff-oom-1"))
-        finally:
-            await runtime.impl.close()
-
-    out = _run(main())
+    out = _outcome(runtime, "oom")
     assert out.phase in ("oom_killed", "failed"), out
     if runtime.name == "kubernetes":
         assert out.phase == "oom_killed" and out.exit_code == 137
@@ -118,13 +114,7 @@ def test_running_out_of_memory_is_oom_killed(runtime):
 
 
 def test_an_image_that_cannot_start_fails_clearly(runtime):
-    async def main() -> pods.PodOutcome:
-        try:
-            return await runtime.impl.run(runtime.scenario("missing", "ff-pull-1"))
-        finally:
-            await runtime.impl.close()
-
-    out = _run(main())
+    out = _outcome(runtime, "missing")
     assert out.phase == "image_pull" and out.message
 
 
@@ -134,11 +124,9 @@ def test_stop_ends_a_running_pod(runtime):
         await asyncio.sleep(0.5)
         began = time.monotonic()
         await runtime.impl.stop("ff-stop-1", grace_s=1)
-        out = await asyncio.wait_for(task, 10)
-        await runtime.impl.close()
-        return out, time.monotonic() - began
+        return await asyncio.wait_for(task, 10), time.monotonic() - began
 
-    out, took = _run(main())
+    out, took = _using(runtime.impl, main)
     assert out.phase == "stopped" and took < 5
     if runtime.fake is not None:
         deletes = [r for r in runtime.fake.requests_to("DELETE") if r.path.endswith("/ff-stop-1")]
@@ -158,12 +146,9 @@ def test_the_pod_sent_is_restricted_labelled_and_sized(fake):
                               tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}])
 
     async def main() -> None:
-        try:
-            await runtime.run(request)
-        finally:
-            await runtime.close()
+        await runtime.run(request)
 
-    _run(main())
+    _using(runtime, main)
     sent = fake.created["ff-json-1"]
     task = sent["spec"]["containers"][0]
     assert sent["metadata"]["labels"]["flowforge.io/tenant"] == "acme"
@@ -179,15 +164,12 @@ def test_evicted_and_deadline_pods_say_so(fake):
     runtime = _kube(fake)
 
     async def main() -> list[pods.PodOutcome]:
-        try:
-            evicted = await runtime.run(pods.PodRequest("ff-ev-1", {}, command=["x"], image="test/evict"))
-            late = asyncio.ensure_future(runtime.run(pods.PodRequest("ff-dl-1", {}, command=["x"], image="test/forever",
-                                                                     timeout_s=1)))
-            return [evicted, await asyncio.wait_for(late, 15)]
-        finally:
-            await runtime.close()
+        evicted = await runtime.run(pods.PodRequest("ff-ev-1", {}, command=["x"], image="test/evict"))
+        late = asyncio.ensure_future(runtime.run(pods.PodRequest("ff-dl-1", {}, command=["x"], image="test/forever",
+                                                                 timeout_s=1)))
+        return [evicted, await asyncio.wait_for(late, 15)]
 
-    evicted, late = _run(main())
+    evicted, late = _using(runtime, main)
     assert evicted.phase == "infrastructure" and "evicted" in evicted.message
     assert late.phase == "deadline"
 
@@ -196,12 +178,9 @@ def test_unschedulable_pods_fail_after_the_start_timeout_and_are_removed(fake):
     runtime = _kube(fake, start_timeout_s=0.3)
 
     async def main() -> pods.PodOutcome:
-        try:
-            return await runtime.run(pods.PodRequest("ff-un-1", {}, command=["x"], image="test/unschedulable"))
-        finally:
-            await runtime.close()
+        return await runtime.run(pods.PodRequest("ff-un-1", {}, command=["x"], image="test/unschedulable"))
 
-    out = _run(main())
+    out = _using(runtime, main)
     assert out.phase == "unschedulable"
     fake.wait_gone("ff-un-1", NS)
 
@@ -210,15 +189,12 @@ def test_finished_pods_are_collected_after_their_ttl(fake):
     runtime = _kube(fake, ttl_s=2)
 
     async def main() -> tuple[int, int]:
-        try:
-            await runtime.run(pods.PodRequest("ff-gc-1", {}, command=["x"], image="test/ok"))
-            early = await runtime.collect_garbage()
-            await asyncio.sleep(3.1)  # the API's times have whole seconds
-            return early, await runtime.collect_garbage()
-        finally:
-            await runtime.close()
+        await runtime.run(pods.PodRequest("ff-gc-1", {}, command=["x"], image="test/ok"))
+        early = await runtime.collect_garbage()
+        await asyncio.sleep(3.1)  # the API's times have whole seconds
+        return early, await runtime.collect_garbage()
 
-    early, late = _run(main())
+    early, late = _using(runtime, main)
     assert (early, late) == (0, 1)
     fake.wait_gone("ff-gc-1", NS)
 
@@ -235,13 +211,10 @@ def test_pod_creation_is_rate_limited(fake):
     runtime.api.create_namespaced_pod = timed_create
 
     async def main() -> None:
-        try:
-            await asyncio.gather(*(runtime.run(pods.PodRequest(f"ff-rl-{i}", {}, command=["x"], image="test/ok"))
-                                   for i in range(6)))
-        finally:
-            await runtime.close()
+        await asyncio.gather(*(runtime.run(pods.PodRequest(f"ff-rl-{i}", {}, command=["x"], image="test/ok"))
+                               for i in range(6)))
 
-    _run(main())
+    _using(runtime, main)
     times.sort()
     assert len(times) == 6 and len(fake.requests_to("POST", f"/api/v1/namespaces/{NS}/pods")) == 6
     # 2 at once (the burst), then one every 0.1 s: the last no sooner than 0.4 s after the first.
@@ -254,14 +227,11 @@ def test_a_redelivered_attempt_follows_its_existing_pod(fake):
     request = pods.PodRequest("ff-again-1", {}, command=["x"], image="test/sleep:0.3")
 
     async def main() -> list[pods.PodOutcome]:
-        try:
-            first = asyncio.ensure_future(runtime.run(request))
-            await asyncio.sleep(0.1)
-            second = await runtime.run(request)  # 409 AlreadyExists: follow the same Pod
-            return [await first, second]
-        finally:
-            await runtime.close()
+        first = asyncio.ensure_future(runtime.run(request))
+        await asyncio.sleep(0.1)
+        second = await runtime.run(request)  # 409 AlreadyExists: follow the same Pod
+        return [await first, second]
 
-    outcomes = _run(main())
+    outcomes = _using(runtime, main)
     assert [o.phase for o in outcomes] == ["succeeded", "succeeded"]
     assert len(fake.requests_to("POST", f"/api/v1/namespaces/{NS}/pods")) == 2 and len(fake.pods(NS)) == 1

@@ -318,3 +318,19 @@ def test_attempt_context():
         sdk._reset_context(token)
     with pytest.raises(RuntimeError):
         sdk.context()
+
+
+@sdk.task(executor="auto", resources={"cpu": 4, "memory": "8Gi"})
+def train(rows: int) -> int:
+    return rows
+
+
+def test_heavy_options_reach_the_spec():
+    with sdk.DAG("heavy-sdk") as dag:
+        train.options(name="gpu", resources={"gpu": 1}, node_selector={"accelerator": "a100"},
+                      tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}], env={"MODE": "fast"})(1)
+        train(2)
+    tasks = {t["name"]: t for t in dag.to_dict()["tasks"]}
+    assert tasks["train"]["resources"] == {"cpu": 4, "memory": "8Gi"} and tasks["train"]["executor"] == "auto"
+    assert tasks["gpu"]["resources"] == {"gpu": 1} and tasks["gpu"]["node_selector"] == {"accelerator": "a100"}
+    assert tasks["gpu"]["env"] == {"MODE": "fast"} and tasks["gpu"]["tolerations"][0]["key"] == "nvidia.com/gpu"
