@@ -119,6 +119,7 @@ class Launcher(worker.Agent):
         if outcome.startup_s is not None:
             self.latency["start"].append(outcome.startup_s)
             a.began = created + outcome.startup_s
+            cap.write("system", f"{request.name} started in {outcome.startup_s:.3f}s\n")
         return self._result(a, outcome, cap, python=bool(env.get("fn")))
 
     def _result(self, a: worker._Attempt, outcome: pods.PodOutcome, cap: capture.Capture, *, python: bool) -> Any:

@@ -189,3 +189,14 @@ def test_shared_processes_refuse_to_start_without_service_urls(tmp_path, command
     assert "FLOWFORGE_DATABASE__URL" in out.stderr and "FLOWFORGE_REDIS__URL" in out.stderr
     assert "flowforge up" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.iterdir())  # nothing embedded was started
+
+
+def test_submit_wait_shows_where_each_task_ran_and_why(api):
+    env = dict(os.environ, FLOWFORGE_URL=api.base_url, FLOWFORGE_TOKEN=api.token, COLUMNS="200")
+    out = _cli("submit", "examples/mixed.yaml", "--wait", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = out.stdout
+    assert "routed because" in table and "requests 2 CPU" in table and "runs the container image" in table
+    run_id = table.split()[1]
+    shown = _cli("run", run_id, env=env)
+    assert shown.returncode == 0 and "heavy" in shown.stdout and "light" in shown.stdout
