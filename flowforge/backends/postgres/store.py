@@ -215,7 +215,13 @@ class PostgresStore:
         checkout, no BEGIN/COMMIT round trips (each write is one atomic statement), and no
         ORM layer on the one statement every task passes through."""
         if self._hot is None or self._hot.closed:
-            self._hot = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            # The planner takes jsonb_to_recordset for 100 rows and, on tables of up to some
+            # 100k tasks, hash-joins them with a full scan; a cycle's rows are each found by
+            # primary key, so this connection joins by index only (2.1 ms -> 0.16 ms at 10k tasks).
+            # (A session setting, like the prepared statement: this connection is its own session.)
+            hot = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            await hot.execute("SET enable_hashjoin = off; SET enable_mergejoin = off")
+            self._hot = hot
         return self._hot
 
     async def _drop_hot_connection(self) -> None:
