@@ -197,9 +197,11 @@ class Agent:
                 try:
                     await self._ensure_group(partition)
                 except (rexc.ConnectionError, rexc.TimeoutError):
+                    _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                     await asyncio.sleep(1)
                 continue
             except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+                _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                 log.warning("agent.redis_unavailable", agent=self.name, error=str(exc))
                 await asyncio.sleep(1)
                 continue
@@ -375,6 +377,7 @@ class Agent:
                 except rexc.NoScriptError:  # Redis restarted or flushed its scripts
                     self._finish_sha = await self.client.script_load(self._finish_src)
                 except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+                    _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                     log.warning("agent.publish_retry", agent=self.name, error=str(exc))
                     await asyncio.sleep(0.5)
             for partition, entry_id, _payload in items:
@@ -429,6 +432,7 @@ class Agent:
                         min_idle_time=0, message_ids=ids, justid=True,
                     )
             except (rexc.ConnectionError, rexc.TimeoutError, rexc.ResponseError) as exc:
+                _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                 log.warning("agent.lease_renewal_failed", agent=self.name, error=str(exc))
 
     async def _reclaim_loop(self) -> None:
@@ -445,6 +449,7 @@ class Agent:
                         args=[keys.AGENT_GROUP, self.name, lease_ms, self.free, self.config.max_deliveries, 10_000],
                     )
                 except (rexc.ConnectionError, rexc.TimeoutError, rexc.ResponseError) as exc:
+                    _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                     log.warning("agent.reclaim_failed", agent=self.name, error=str(exc))
                     continue
                 for entry_id, flat in entries:
@@ -460,6 +465,7 @@ class Agent:
             try:
                 await self._listen_cancels_once()
             except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+                _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                 log.warning("agent.cancel_listener_reconnecting", agent=self.name, error=str(exc))
                 await asyncio.sleep(1)
 
@@ -469,6 +475,7 @@ class Agent:
         try:
             await pubsub.subscribe(keys.CANCEL_CHANNEL)
             while True:
+                _reraise_cancel()  # a cancel redis-py swallowed inside get_message still ends us
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if msg is None:
                     continue
@@ -490,6 +497,15 @@ class Agent:
                 await pubsub.aclose()
             except (rexc.ConnectionError, rexc.TimeoutError):
                 pass
+
+
+def _reraise_cancel() -> None:
+    """If this task is being cancelled (the agent is stopping), stop now. redis-py can turn a
+    cancel into a ConnectionError, or swallow it, and a loop that retries would then hold up
+    the shutdown forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _interrupt_message(reason: str, env: dict[str, Any]) -> str:

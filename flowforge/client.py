@@ -166,5 +166,13 @@ class Client:
     def delete_dag(self, name: str) -> None:
         self._call("DELETE", f"/api/v1/dags/{_seg(name)}")
 
+    # ---- pools ---------------------------------------------------------------------------
+
+    def pools(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/v1/pools").json()["items"]
+
+    def annotate_pools(self, node_group: str, counts: dict[str, int]) -> dict[str, Any]:
+        return self._call("POST", "/api/v1/pools/annotations", json={"node_group": node_group, "counts": counts}).json()
+
     def ready(self) -> dict[str, Any]:
         return self._call("GET", "/readyz").json()

@@ -32,3 +32,9 @@ def pool_stream(partition: int, pool: str) -> str:
 
 def dead_letter(partition: int, pool: str) -> str:
     return f"{PREFIX}:{{p{partition}}}:dlq:{pool}"
+
+
+# The embedded node's `flowforge.io/agent-pools` annotation (Kubernetes keeps real nodes' own).
+LOCAL_NODE_ANNOTATION = f"{PREFIX}:nodes:local:agent-pools"
+# What the pool manager last saw of each pool: a hash, pool -> JSON (desired, ready, busy, ...).
+POOL_STATUS = f"{PREFIX}:pools:status"

@@ -72,23 +72,31 @@ def resolve_services(cfg: settings_mod.Settings, *, embedded_for: str | None = N
     return Services(db, rd, started)
 
 
+def job_runtime_env() -> dict[str, Any]:
+    """What every agent's process needs: task modules importable from this working directory."""
+    path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
 def init_ray(cfg: settings_mod.Settings) -> bool:
     """Connect to (or start) Ray; True if this process started a local Ray it must shut down."""
     import ray
 
     if ray.is_initialized():
         return False
-    path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": True,
-        "runtime_env": {"env_vars": {"PYTHONPATH": path}},
+        "runtime_env": job_runtime_env(),
         "logging_level": cfg.logging.level.upper(),
     }
     if cfg.ray.address:
         kwargs["address"] = cfg.ray.address
-    elif cfg.ray.num_cpus is not None:
-        kwargs["num_cpus"] = cfg.ray.num_cpus
+    else:
+        # This machine is node group `local`; its Ray node says so, for agent placement.
+        kwargs["labels"] = {"flowforge.io/node-group": "local"}
+        if cfg.ray.num_cpus is not None:
+            kwargs["num_cpus"] = cfg.ray.num_cpus
     ray.init(**kwargs)
     return not cfg.ray.address
 
@@ -116,6 +124,7 @@ class Stack:
         self.queue: redis_streams.RedisQueue | None = None
         self.manager: Any = None
         self.launcher: Any = None
+        self.pool_directory: Any = None
         self.coordinator: coordinating.Coordinator | None = None
         self.reconciler: reconciling.Reconciler | None = None
         self.submitter: submission.Submitter | None = None
@@ -124,7 +133,7 @@ class Stack:
         self._owns_ray = False
 
     async def start(self) -> None:
-        from agents import actor, pools as pooling  # Ray is imported only where agents run
+        from agents import manager, pools as pooling  # Ray is imported only where agents run
 
         cfg = self.cfg
         await asyncio.to_thread(migrate.upgrade, self.services.database_url)
@@ -149,7 +158,11 @@ class Stack:
             from flowforge.api.app import create_app
             from flowforge.api.context import ApiContext
 
-            ctx = ApiContext(self.catalog, self.submitter, self.readiness, token_cache_s=cfg.api.token_cache.total_seconds())
+            from flowforge.backends.pools import PoolDirectory
+
+            self.pool_directory = PoolDirectory(self.services.redis_url, pool_cfgs, self.node_source(), c.partitions)
+            ctx = ApiContext(self.catalog, self.submitter, self.readiness, pools=self.pool_directory,
+                             token_cache_s=cfg.api.token_cache.total_seconds())
             self.api = ApiServer(create_app(ctx, max_body_bytes=cfg.api.max_body_bytes), cfg.api.host, cfg.api.port)
             await self.api.start()
         if not self.with_coordinator:
@@ -157,10 +170,14 @@ class Stack:
             return
         if self.with_agents:
             self._owns_ray = await asyncio.to_thread(init_ray, cfg)
-            self.manager = actor.PoolManager(
+            self.manager = manager.PoolManager(
                 pool_cfgs,
                 redis_url=self.services.redis_url,
                 partitions=c.partitions,
+                nodes=self.node_source(),
+                backlog=lambda pool: self.coordinator.scheduler.backlog(pool) if self.coordinator else 0,
+                place_by_label=cfg.nodes.place_by_label,
+                runtime_env=job_runtime_env(),
                 agent_defaults={
                     "lease_s": cfg.agents.lease.total_seconds(),
                     "max_deliveries": cfg.agents.max_deliveries,
@@ -216,6 +233,16 @@ class Stack:
         log.info("stack.started", partitions=list(parts), pools=sorted(pool_cfgs),
                  api=self.api.url if self.api else None)
 
+    def node_source(self) -> Any:
+        """Where pools find their nodes: this machine, or the Kubernetes cluster's nodes."""
+        if self.cfg.nodes.source == "kubernetes":
+            from agents import kubenodes
+
+            return kubenodes.KubernetesNodes(kubernetes_api(self.cfg), label_selector=self.cfg.nodes.label_selector)
+        from agents import nodes
+
+        return nodes.LocalNodes(self.services.redis_url)
+
     def _launcher(self, pool_cfgs: Mapping[str, Any], partitions: int) -> Any:
         """The Pod launcher for heavy attempts, on the configured runtime."""
         from agents import launcher, localpods, worker
@@ -258,6 +285,8 @@ class Stack:
         self._stopping.set()
         if self.api is not None:
             await self.api.stop()
+        if self.pool_directory is not None:
+            await self.pool_directory.close()
         if self.submitter is not None:
             await self.submitter.aclose()
         if self.coordinator is not None:
@@ -282,26 +311,31 @@ class Stack:
             await asyncio.to_thread(ray.shutdown)
 
 
-def kubernetes_runtime(cfg: settings_mod.Settings) -> Any:
-    """The Kubernetes Pod runtime: credentials from `pods.kubeconfig`, else the in-cluster
-    service account, else ~/.kube/config."""
+def kubernetes_api(cfg: settings_mod.Settings) -> Any:
+    """A CoreV1Api with credentials from `pods.kubeconfig`, else the in-cluster service
+    account, else ~/.kube/config."""
     from kubernetes import client, config as kube_config
 
-    from agents import kubepods
-
-    p = cfg.pods
     api_client = client.ApiClient(configuration=client.Configuration())
     try:
-        if p.kubeconfig is not None:
-            kube_config.load_kube_config(str(p.kubeconfig), client_configuration=api_client.configuration)
+        if cfg.pods.kubeconfig is not None:
+            kube_config.load_kube_config(str(cfg.pods.kubeconfig), client_configuration=api_client.configuration)
         else:
             try:
                 kube_config.load_incluster_config(client_configuration=api_client.configuration)
             except kube_config.ConfigException:
                 kube_config.load_kube_config(client_configuration=api_client.configuration)
     except (kube_config.ConfigException, OSError) as exc:
-        raise errors.ConfigError(f"pods.runtime is kubernetes but no cluster credentials were found: {exc}; "
-                                 "set pods.kubeconfig, or run inside the cluster") from None
+        raise errors.ConfigError(f"no Kubernetes credentials were found: {exc}; set pods.kubeconfig, "
+                                 "or run inside the cluster") from None
+    return client.CoreV1Api(api_client)
+
+
+def kubernetes_runtime(cfg: settings_mod.Settings) -> Any:
+    """The Kubernetes Pod runtime."""
+    from agents import kubepods
+
+    p = cfg.pods
     opts = kubepods.Options(
         namespace=p.namespace, service_account=p.service_account,
         automount_service_account_token=p.automount_service_account_token, run_as_user=p.run_as_user,
@@ -311,7 +345,7 @@ def kubernetes_runtime(cfg: settings_mod.Settings) -> Any:
         init_containers=p.inject.init_containers, sidecars=p.inject.sidecars, env=p.inject.env,
         volumes=p.inject.volumes, volume_mounts=p.inject.volume_mounts,
     )
-    return kubepods.KubernetesPodRuntime(client.CoreV1Api(api_client), opts)
+    return kubepods.KubernetesPodRuntime(kubernetes_api(cfg), opts)
 
 
 class ApiServer:

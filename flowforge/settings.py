@@ -79,6 +79,17 @@ class AgentSettings(BaseModel):
     max_log_bytes: int = Field(1 << 20, ge=1024, description="Captured output bytes per attempt; the rest is dropped.")
 
 
+class NodesSettings(BaseModel):
+    source: Literal["local", "kubernetes"] = Field(
+        "local", description="Where pools find their nodes: `local`, this machine as node group `local`; "
+        "`kubernetes`, the cluster's nodes (credentials as for `pods.kubeconfig`).",
+    )
+    label_selector: str | None = Field(None, description="Only nodes with these labels (kubernetes), e.g. `flowforge.io/pools=yes`.")
+    place_by_label: bool = Field(
+        True, description="Place agents on the Ray nodes labelled with their node group (`flowforge.io/node-group`).",
+    )
+
+
 class PodInjection(BaseModel):
     """Added to every heavy Pod, as Kubernetes JSON (camelCase): e.g. an init container that
     stages the runtime, a log-shipping sidecar, shared volumes."""
@@ -155,6 +166,7 @@ class Settings(BaseSettings):
     agents: AgentSettings = Field(default_factory=AgentSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     pods: PodsSettings = Field(default_factory=PodsSettings)
+    nodes: NodesSettings = Field(default_factory=NodesSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     limits: spec.Limits = Field(default_factory=spec.Limits)
 

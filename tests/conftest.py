@@ -79,7 +79,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pool_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pool-config")
     (d / "default.yaml").write_text(
-        "name: default\nagents: 2\nslots_per_agent: 8\n"
+        "name: default\nagents_per_node: 2\nslots_per_agent: 8\n"
         "allowed_functions: ['tests.*', 'examples.*']\nprewarm: ['tests.tasks']\n"
     )
     return d

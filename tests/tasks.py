@@ -127,3 +127,12 @@ def where() -> dict:
     import os
 
     return {"pid": os.getpid(), "ppid": os.getppid()}
+
+
+def counted(ledger: str, seconds: float) -> float:
+    """Record this execution (run, task, attempt) in `ledger`, one line per execution, then nap."""
+    ctx = sdk.context()
+    with open(ledger, "a") as f:
+        f.write(f"{ctx.run_id} {ctx.task} {ctx.attempt}\n")
+    time.sleep(seconds)
+    return seconds

@@ -77,6 +77,7 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
                 while len(run_ids) < 6 or len({keys.partition_of(r, 2) for r in run_ids}) < 2:
                     run_ids.append(await sub.submit({"name": "cli", "tasks": [
                         {"name": "a", "fn": "tests.tasks:add", "args": [len(run_ids), 3]}]}))
+                run_ids.append(await sub.submit({"name": "cli-where", "tasks": [{"name": "a", "fn": "tests.tasks:where"}]}))
                 runs = []
                 for run_id in run_ids:
                     for _ in range(600):
@@ -90,12 +91,11 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
                 await queue.close()
                 await store.close()
 
-        runs = asyncio.run(submit_and_wait())
+        *runs, where = asyncio.run(submit_and_wait())
         assert {keys.partition_of(r["id"], 2) for r in runs} == {0, 1}  # both partitions served
         assert [r["status"] for r in runs] == ["succeeded"] * len(runs)
         assert [r["tasks"][0]["output"] for r in runs] == [i + 3 for i in range(len(runs))]
-        run = runs[0]
-        agent_pid = int(run["tasks"][0]["attempts"][0]["agent"].rsplit("-", 2)[1])
+        agent_pid = where["tasks"][0]["output"]["pid"]  # a warm agent of the coordinator's pool
         assert _alive(agent_pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0

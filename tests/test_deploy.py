@@ -360,18 +360,24 @@ def test_rbac_grants_exactly_what_the_coordinator_needs(target):
     coordinator = one(objs, "StatefulSet", "flowforge-coordinator")
     account = coordinator["spec"]["template"]["spec"]["serviceAccountName"]
     one(objs, "ServiceAccount", account)
-    subject = [{"kind": "ServiceAccount", "name": account, "namespace": coordinator["metadata"]["namespace"]}]
-    for binding, granted in ((one(objs, "RoleBinding"), role), (one(objs, "ClusterRoleBinding"), cluster_role)):
+    api = one(objs, "Deployment", "flowforge-api")
+    api_account = api["spec"]["template"]["spec"]["serviceAccountName"]
+    ns = coordinator["metadata"]["namespace"]
+    subject = [{"kind": "ServiceAccount", "name": account, "namespace": ns}]
+    # Pods: the coordinator only; nodes: the coordinator (pool manager) and the API (annotate).
+    node_subjects = subject + [{"kind": "ServiceAccount", "name": api_account, "namespace": ns}]
+    for binding, granted, who in ((one(objs, "RoleBinding"), role, subject),
+                                  (one(objs, "ClusterRoleBinding"), cluster_role, node_subjects)):
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": granted["kind"],
                                       "name": granted["metadata"]["name"]}
-        assert binding["subjects"] == subject
+        assert binding["subjects"] == who
     # Heavy Pods go where the Role is.
     pods_ns = env(coordinator["spec"]["template"]["spec"]["containers"][0])["FLOWFORGE_PODS__NAMESPACE"]
     assert pods_ns.get("value") == role["metadata"]["namespace"] or (
         pods_ns["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
         and coordinator["metadata"]["namespace"] == role["metadata"]["namespace"])
     for where, template in pod_templates(objs):  # nobody else holds a Kubernetes API token
-        if template is not coordinator["spec"]["template"]:
+        if template is not coordinator["spec"]["template"] and template is not api["spec"]["template"]:
             assert template["spec"].get("automountServiceAccountToken") is False, where
 
 

@@ -10,9 +10,8 @@ import redis
 from flowforge import keys, wire
 
 
-def _agent_pid(agent_name: str) -> int:
-    # Agent names are "<host>-<pid>-<suffix>".
-    return int(agent_name.rsplit("-", 2)[1])
+def _agent_pid(client, agent_name: str) -> int:
+    return client.bg.call(client.bg.stack.manager.pids())[agent_name]
 
 
 def test_agent_killed_mid_task_is_reclaimed_and_run_succeeds(client, tmp_path):
@@ -25,7 +24,7 @@ def test_agent_killed_mid_task_is_reclaimed_and_run_succeeds(client, tmp_path):
     run = client.wait(run_id, until=lambda r: client.task(r, "victim")["status"] == "running")
     agent = client.task(run, "victim")["attempts"][0]["agent"]
     restarts = client.bg.stack.manager.restarts
-    os.kill(_agent_pid(agent), signal.SIGKILL)
+    os.kill(_agent_pid(client, agent), signal.SIGKILL)
     run = client.wait(run_id, timeout=60)
     assert run["status"] == "succeeded", run
     victim = client.task(run, "victim")

@@ -70,7 +70,7 @@ def setup() -> None:
     pools = tmp / "pool-config"
     pools.mkdir()
     (pools / "default.yaml").write_text(
-        f"name: default\nagents: {AGENTS}\nslots_per_agent: {SLOTS}\n"
+        f"name: default\nagents_per_node: {AGENTS}\nslots_per_agent: {SLOTS}\n"
         "allowed_functions: ['bench.*']\nprewarm: ['bench.systems.ff_tasks']\n"
     )
     env = dict(

@@ -37,12 +37,19 @@ class Catalog(Protocol):
     async def get_run(self, run_id: str, tenant: str, *, logs: bool = True) -> dict[str, Any] | None: ...
 
 
+class Pools(Protocol):
+    async def list(self) -> list[dict[str, Any]]: ...
+
+    async def annotate(self, group: str, counts: dict[str, int]) -> list[str]: ...
+
+
 @dataclass
 class ApiContext:
     catalog: Catalog
     submitter: Submitter
     # Checks each backing service; returns {"postgres": "ok" | error text, "redis": ...}.
     readiness: Callable[[], Awaitable[dict[str, str]]]
+    pools: Pools | None = None
     token_cache_s: float = 10.0
     _tokens: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 

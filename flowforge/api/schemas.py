@@ -133,3 +133,49 @@ class DagPage(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class PoolOut(BaseModel):
+    name: str
+    slots_per_agent: int
+    min_agents: int
+    max_agents: int
+    node_selector: dict[str, str]
+    managed: bool = Field(description="A pool manager reported on this pool in the last 30 s.")
+    desired: int | None = Field(description="Agents the nodes (and the backlog) ask for; null when unmanaged.")
+    ready: int
+    starting: int
+    draining: int
+    busy_agents: int
+    free_slots: int
+    backlog: int = Field(description="Attempts ready for the pool, waiting for a free slot.")
+    pending_entries: int = Field(description="Dispatch entries delivered to an agent, not yet acknowledged.")
+    node_groups: dict[str, int] = Field(description="Ready agents per node group.")
+    desired_by_group: dict[str, int]
+    nodes_seen_at: float | None = Field(None, description="Unix time the manager last read the nodes.")
+
+
+class PoolList(BaseModel):
+    items: list[PoolOut]
+
+
+class AnnotateIn(_In):
+    """Set these pools' agent counts on every node of a node group (other pools' stay)."""
+
+    node_group: str = Field(..., min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    counts: dict[str, int] = Field(..., min_length=1, description="pool -> agents per node, e.g. {\"default\": 4}.")
+
+    @model_validator(mode="after")
+    def _counts(self) -> AnnotateIn:
+        for pool, n in self.counts.items():
+            if not 0 <= n <= 1000:
+                raise ValueError(f"counts.{pool}: {n} is outside 0..1000 agents per node")
+        return self
+
+
+class Annotated(BaseModel):
+    node_group: str
+    nodes: list[str]
+    counts: dict[str, int]
+    at: float = Field(description="Unix time the annotation was written: pools whose nodes_seen_at is "
+                                  "later have seen it.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from flowforge.cli import commands, servers  # noqa: F401  (they register their commands)
+from flowforge.cli import commands, pools, servers  # noqa: F401  (they register their commands)
 from flowforge.cli.base import app
 
 

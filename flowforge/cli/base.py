@@ -17,8 +17,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="FlowForge: DAGs on warm agents and fresh Pods.")
 dags_app = typer.Typer(no_args_is_help=True, help="DAG templates: push, list, show.")
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens (talks to Postgres directly).")
+pools_app = typer.Typer(help="Agent pools: status, node-group annotations, config checks.")
 app.add_typer(dags_app, name="dags")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(pools_app, name="pools")
 T = TypeVar("T")
 
 

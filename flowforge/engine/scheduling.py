@@ -43,6 +43,10 @@ class Scheduler:
         else:
             self._held.pop(run_id, None)
 
+    def backlog(self, pool: str) -> int:
+        """Attempts ready for `pool` and waiting for a free slot."""
+        return len(self._ready.get(pool, ()))
+
     def has_work(self, run_id: str) -> bool:
         """Whether the run has attempts waiting for a slot or in flight."""
         return run_id in self._held
