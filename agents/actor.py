@@ -57,6 +57,14 @@ class AgentActor:
     def stats(self) -> dict[str, Any]:
         return self.agent.stats()
 
+    def wait_ready(self, timeout: float = 300.0) -> bool:
+        """Block until the agent has prewarmed its modules and reads its streams."""
+        async def ready() -> None:
+            await self.agent.ready.wait()
+
+        self._call(ready(), timeout=timeout)
+        return True
+
     def pid(self) -> int:
         return os.getpid()
 

@@ -235,14 +235,19 @@ class PoolManager:
         )
 
     async def _watch(self, member: Member) -> None:
-        """Mark the agent ready once it answers; when its loop ends, forget it (a crash is
-        counted for backoff, and the next reconcile starts a replacement)."""
+        """Mark the agent ready once it has prewarmed and reads its streams; when its loop ends,
+        forget it (a crash is counted for backoff, and the next reconcile starts a replacement)."""
         try:
-            serving = member.actor.serve.remote()
-            await member.actor.stats.remote()  # answers once the agent is constructed and warm
-            if member.state == "starting":
-                member.state = "ready"
-                self.state[member.pool].crashes = 0
+            serving = asyncio.ensure_future(member.actor.serve.remote())
+            ready = asyncio.ensure_future(member.actor.wait_ready.remote())
+            await asyncio.wait([ready, serving], return_when=asyncio.FIRST_COMPLETED)
+            if not serving.done():
+                ready.result()  # an agent that failed while warming up raises here
+                if member.state == "starting":
+                    member.state = "ready"
+                    self.state[member.pool].crashes = 0
+            else:
+                ready.cancel()
             await serving
             crashed = member.state != "draining"
         except asyncio.CancelledError:

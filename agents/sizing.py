@@ -59,9 +59,10 @@ def _selected(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 
 def per_group(pool: PoolConfig, nodes: Iterable[Node]) -> dict[str, int]:
-    """Agents the nodes ask for, by node group: a node with the annotation hosts what it names
-    for this pool (0 if it names others only); one without hosts `agents_per_node`. Nodes that
-    are not ready, have no group, or do not match the pool's selector host none."""
+    """Agents the nodes ask for, by node group: a node hosts what its annotation names for this
+    pool, else `agents_per_node` (so annotating one pool leaves the others as they were; `pool=0`
+    keeps a pool off a node). Nodes that are not ready, have no group, or do not match the
+    pool's selector host none."""
     out: dict[str, int] = {}
     for node in nodes:
         group = node.group
@@ -69,7 +70,7 @@ def per_group(pool: PoolConfig, nodes: Iterable[Node]) -> dict[str, int]:
             continue
         text = node.annotations.get(ANNOTATION)
         try:
-            n = pool.agents_per_node if text is None else parse_annotation(text).get(pool.name, 0)
+            n = pool.agents_per_node if text is None else parse_annotation(text).get(pool.name, pool.agents_per_node)
         except ValueError:
             n = 0  # a broken annotation hosts nothing; `problems` reports it
         out[group] = out.get(group, 0) + n

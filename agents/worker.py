@@ -97,6 +97,7 @@ class Agent:
         self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._outbox: asyncio.Queue[tuple[int, bytes | None, bytes]] = asyncio.Queue()
         self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=config.slots * 2, thread_name_prefix="ff-slot")
         self.completed = 0
         self.stuck = 0  # threads still running attempts that were already reported as stopped
@@ -125,6 +126,7 @@ class Agent:
             asyncio.create_task(self._broken.wait(), name="stuck slots"),
         ]
         log.info("agent.started", agent=self.name, pool=self.config.pool, slots=self.config.slots)
+        self.ready.set()  # prewarmed and reading: what the pool manager waits for
         stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
         try:
             done, _ = await asyncio.wait([stopping, *jobs], return_when=asyncio.FIRST_COMPLETED)
@@ -289,6 +291,7 @@ class Agent:
     async def _call(self, a: _Attempt, cap: capture.Capture) -> Any:
         env = a.env
         fn, is_async = self.loader.load(env["fn"])
+        a.began = time.time()  # the task's code starts now: a cold import counts against the start
         args = env.get("args") or []
         timeout = env.get("timeout")
         ctx = sdk.TaskContext(

@@ -30,6 +30,13 @@ Scenarios (identical semantics everywhere):
   the median time from dispatch until the function starts, on a warm agent
   (``light_ms_p50``) and in a fresh local process (``heavy_ms_p50``, the
   embedded Pod runtime); ``ratio`` = heavy / light (target >= 100).
+* ``scale_up`` (FlowForge only): seconds from annotating the node group (through
+  the REST API, as ``flowforge pools annotate local default=N`` does) until two
+  more agents are ready; ``seconds_p50`` over 3 trials.
+* ``first_call`` (FlowForge only): dispatch -> start of the first call on a
+  fresh agent whose pool prewarms the task's slow-to-import module
+  (``first_ms``), of later calls (``steady_ms``), and of the first call on a
+  pool without prewarm (``first_ms_without_prewarm``); medians of 3 trials.
 
 Results file: ``{"<scenario>": {"<system>": {"<metric>": <number>}}}``.  Every
 scenario run now is *replaced* by this run's figures (so one scenario never
@@ -57,7 +64,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REF = "flowforge"
 DEFAULT_SYSTEMS = ("flowforge", "celery", "ray")
-DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit", "warm_vs_cold")
+DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit", "warm_vs_cold", "scale_up", "first_call")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 # (scenario, metric, op, threshold) checked for FlowForge.

@@ -177,6 +177,7 @@ class Stack:
                 nodes=self.node_source(),
                 backlog=lambda pool: self.coordinator.scheduler.backlog(pool) if self.coordinator else 0,
                 place_by_label=cfg.nodes.place_by_label,
+                hung_after_s=cfg.agents.heartbeat_timeout.total_seconds(),
                 runtime_env=job_runtime_env(),
                 agent_defaults={
                     "lease_s": cfg.agents.lease.total_seconds(),

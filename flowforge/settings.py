@@ -77,6 +77,10 @@ class AgentSettings(BaseModel):
     max_log_line_bytes: int = Field(8192, ge=128, description="Longer output lines are cut.")
     max_log_lines: int = Field(10_000, ge=1, description="Captured output lines per attempt.")
     max_log_bytes: int = Field(1 << 20, ge=1024, description="Captured output bytes per attempt; the rest is dropped.")
+    heartbeat_timeout: timedelta = Field(
+        timedelta(seconds=30), description="An agent that does not answer its heartbeat this long is hung: it is "
+        "killed and replaced (its attempts are taken over after the lease).",
+    )
 
 
 class NodesSettings(BaseModel):

@@ -82,6 +82,11 @@ def pool_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "name: default\nagents_per_node: 2\nslots_per_agent: 8\n"
         "allowed_functions: ['tests.*', 'examples.*']\nprewarm: ['tests.tasks']\n"
     )
+    # Agents recycled after 3 attempts (tests/test_pools.py).
+    (d / "recycled.yaml").write_text(
+        "name: recycled\nagents_per_node: 1\nmax_agents: 1\nslots_per_agent: 1\nmax_tasks_per_agent: 3\n"
+        "allowed_functions: ['tests.*']\n"
+    )
     return d
 
 
@@ -93,7 +98,8 @@ def stack_settings(database_url: str, redis_url: str, pool_dir: Path, tmp_path_f
         redis={"url": redis_url},
         ray={"num_cpus": 2},
         api={"port": 0},
-        agents={"pool_config_dir": pool_dir, "lease": timedelta(seconds=2), "max_deliveries": 3},
+        agents={"pool_config_dir": pool_dir, "lease": timedelta(seconds=2), "max_deliveries": 3,
+                "heartbeat_timeout": timedelta(seconds=3)},
         coordinator={
             "reconcile_interval": timedelta(seconds=1),
             "redispatch_after": timedelta(seconds=2),

@@ -71,7 +71,8 @@ async def scenario(redis_url: str, groups: dict[str, str]) -> dict:
             found["remove_node_s"] = await converge(m, {"default": {"cpu": 2, "gpu": 1}, "etl": {"gpu": 1}})
             fake.add_node("gpu-2", labels={"cloud.google.com/gke-nodepool": "gpu"},
                           annotations={sizing.ANNOTATION: "etl=2"})
-            found["add_node_s"] = await converge(m, {"default": {"cpu": 2, "gpu": 1}, "etl": {"gpu": 3}})
+            # gpu-2 names etl only: default keeps its agents_per_node there.
+            found["add_node_s"] = await converge(m, {"default": {"cpu": 2, "gpu": 2}, "etl": {"gpu": 3}})
             found["misplaced_final"] = await placement(m, groups)
             found["annotations"] = {n["metadata"]["name"]: n["metadata"].get("annotations", {}).get(sizing.ANNOTATION)
                                     for n in (fake.node(x) for x in ("cpu-1", "gpu-1"))}

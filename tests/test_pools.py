@@ -129,3 +129,49 @@ def test_scaling_down_under_load_loses_and_duplicates_nothing(api, client, tmp_p
     expected = {(r["id"], f"t{i}") for r in runs for i in range(20)}
     assert set(executions) == expected  # none lost
     assert len(executions) == len(expected), [e for e in executions if executions.count(e) > 1][:5]  # none twice
+
+
+def test_an_agent_past_max_tasks_per_agent_is_recycled(client, stack):
+    restarts = stack.stack.manager.restarts
+    pids = []
+    for i in range(8):
+        run = client.wait(client.submit({"name": "recycle", "tasks": [
+            {"name": "t", "fn": "tests.tasks:where", "pool": "recycled"}]}), timeout=60)
+        assert run["status"] == "succeeded", run
+        pids.append(run["tasks"][0]["output"]["pid"])
+        import time
+
+        time.sleep(0.4)  # the manager sees each agent's count at its heartbeat (every 2 s)
+    assert len(set(pids)) >= 2, pids  # replaced by a fresh agent along the way
+    assert stack.stack.manager.restarts == restarts  # a recycle is not a crash
+
+
+def test_a_hung_agent_is_killed_and_replaced(client, stack):
+    """An agent frozen (SIGSTOP) stops answering its heartbeat: it is killed, a new one starts,
+    and a task it held runs elsewhere."""
+    import signal
+    import time
+
+    manager = stack.stack.manager
+    restarts = manager.restarts
+    pids = stack.call(manager.pids())
+    name, pid = next((n, p) for n, p in pids.items() if n.startswith("default-"))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while manager.restarts == restarts and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert manager.restarts > restarts, "the frozen agent was not replaced"
+        run = client.wait(client.submit({"name": "after-hang", "tasks": [
+            {"name": f"t{i}", "fn": "tests.tasks:nap", "args": [0.05]} for i in range(10)]}), timeout=60)
+        assert run["status"] == "succeeded"
+        deadline = time.monotonic() + 30
+        while manager.status()["default"]["ready"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        now = stack.call(manager.pids())
+        assert name not in now and sum(n.startswith("default-") for n in now) == 2
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

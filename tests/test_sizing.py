@@ -66,7 +66,7 @@ def test_without_backlog_or_autoscaling_the_nodes_decide(pool, found):
     base = sizing.desired(pool, found)
     annotated = sum(
         (pool.agents_per_node if sizing.ANNOTATION not in n.annotations else
-         (sizing.parse_annotation(n.annotations[sizing.ANNOTATION]).get(pool.name, 0)
+         (sizing.parse_annotation(n.annotations[sizing.ANNOTATION]).get(pool.name, pool.agents_per_node)
           if n.annotations[sizing.ANNOTATION] != "broken" else 0))
         for n in found if n.ready and n.group and all(n.labels.get(k) == v for k, v in pool.node_selector.items()))
     if base:

@@ -73,6 +73,12 @@ def setup() -> None:
         f"name: default\nagents_per_node: {AGENTS}\nslots_per_agent: {SLOTS}\n"
         "allowed_functions: ['bench.*']\nprewarm: ['bench.systems.ff_tasks']\n"
     )
+    # first_call: pools with no agent until the scenario asks for one, with and without prewarm.
+    for name, prewarm in (("warmed", "['bench.systems.ff_cold']"), ("unwarmed", "[]")):
+        (pools / f"{name}.yaml").write_text(
+            f"name: {name}\nagents_per_node: 0\nmax_agents: 1\nslots_per_agent: 1\n"
+            f"allowed_functions: ['bench.*']\nprewarm: {prewarm}\n"
+        )
     env = dict(
         os.environ,
         FLOWFORGE_DATABASE__URL=db_url,
@@ -293,6 +299,62 @@ def submit(sequential: int = 200, concurrent: int = 300, clients: int = 8) -> di
     n = sum(len(b) for b in batches)
     return {"submit_ms_p50": percentile(lat, 50), "submit_ms_p95": percentile(lat, 95),
             "runs_per_s": n / (done - t0)}
+
+
+def _pools(http) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    return {p["name"]: p for p in http.get("/api/v1/pools").raise_for_status().json()["items"]}
+
+
+def _annotate(http, counts: dict[str, int], timeout: float = 120) -> float:  # type: ignore[no-untyped-def]
+    """What `flowforge pools annotate local ...` does; returns seconds until the pools converged."""
+    t0 = time.perf_counter()
+    done = http.post("/api/v1/pools/annotations", json={"node_group": "local", "counts": counts}).raise_for_status()
+    at = done.json()["at"]
+    while True:
+        found = _pools(http)
+        if all((found[p]["nodes_seen_at"] or 0) > at and found[p]["ready"] == found[p]["desired"]
+               and not found[p]["starting"] and not found[p]["draining"] for p in counts):
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"pools did not converge: {[found[p] for p in counts]}")
+        time.sleep(0.02)
+
+
+def scale_up(trials: int = 3, extra: int = 2) -> dict[str, float]:
+    """Seconds from annotating the node group until `extra` new agents are ready."""
+    import httpx
+
+    with httpx.Client(base_url=_ensure_api(), headers={"Authorization": f"Bearer {_state['token']}"},
+                      timeout=60) as http:
+        took = []
+        for _ in range(trials):
+            took.append(_annotate(http, {"default": AGENTS + extra}))
+            _annotate(http, {"default": AGENTS})  # drain back (not measured)
+    return {"seconds_p50": statistics.median(took)}
+
+
+def first_call(trials: int = 3, later: int = 5) -> dict[str, float]:
+    """Dispatch -> start of the first call on a fresh agent of a pool that prewarms the task's
+    (slow to import) module, against later calls; and the first call without prewarm."""
+    import httpx
+
+    def one(pool: str) -> float:
+        dag = {"name": f"first-{pool}", "tasks": [{"name": "t", "fn": "bench.systems.ff_cold:touch", "pool": pool}]}
+        return _start_latencies_ms(_run(dag)[0])[0]
+
+    firsts: dict[str, list[float]] = {"warmed": [], "unwarmed": []}
+    steady: list[float] = []
+    with httpx.Client(base_url=_ensure_api(), headers={"Authorization": f"Bearer {_state['token']}"},
+                      timeout=60) as http:
+        for _ in range(trials):
+            for pool in firsts:
+                _annotate(http, {pool: 1})
+                firsts[pool].append(one(pool))
+                if pool == "warmed":
+                    steady += [one(pool) for _ in range(later)]
+                _annotate(http, {pool: 0})
+    return {"first_ms": statistics.median(firsts["warmed"]), "steady_ms": statistics.median(steady),
+            "first_ms_without_prewarm": statistics.median(firsts["unwarmed"])}
 
 
 if __name__ == "__main__":
