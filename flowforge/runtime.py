@@ -125,6 +125,7 @@ class Stack:
         self.manager: Any = None
         self.launcher: Any = None
         self.pool_directory: Any = None
+        self.published: Any = None
         self.coordinator: coordinating.Coordinator | None = None
         self.reconciler: reconciling.Reconciler | None = None
         self.submitter: submission.Submitter | None = None
@@ -168,7 +169,16 @@ class Stack:
         if not self.with_coordinator:
             log.info("stack.started", api=self.api.url if self.api else None, coordinator=False)
             return
-        if self.with_agents:
+        if self.with_agents and 0 not in parts:
+            # One pool manager per deployment: the coordinator that owns partition 0 runs it;
+            # the others dispatch to the agents it keeps, as it publishes them.
+            from flowforge.backends.pools import PublishedCapacity
+
+            self.published = PublishedCapacity(self.services.redis_url,
+                                               {n: p.slots_per_agent for n, p in pool_cfgs.items()})
+            await self.published.start()
+            pool_capacity = self.published
+        elif self.with_agents:
             self._owns_ray = await asyncio.to_thread(init_ray, cfg)
             self.manager = manager.PoolManager(
                 pool_cfgs,
@@ -299,6 +309,8 @@ class Stack:
             await self.manager.stop(drain_s=2.0)
         if self.launcher is not None:
             await self.launcher.stop(drain_s=2.0)
+        if self.published is not None:
+            await self.published.close()
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)

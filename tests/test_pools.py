@@ -175,3 +175,23 @@ def test_a_hung_agent_is_killed_and_replaced(client, stack):
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
+
+def test_a_coordinator_without_partition_0_dispatches_to_the_published_agents(stack, redis_url):
+    """Only the coordinator owning partition 0 runs the pool manager; another one sizes its
+    dispatching from what that manager publishes."""
+    from flowforge.backends.pools import PublishedCapacity
+
+    capacity = PublishedCapacity(redis_url, {"default": 8, "recycled": 1})
+
+    async def read() -> tuple[int, int, int]:
+        try:
+            await capacity.refresh()
+            return capacity("default"), capacity("recycled"), capacity("nope")
+        finally:
+            await capacity.close()
+
+    status = stack.stack.manager.status()
+    got = stack.call(read())
+    assert got[2] == 0 and got[0] == status["default"]["ready"] * 8 > 0
+    assert got[1] in (0, 1)  # the recycled pool's one agent may be between lives

@@ -84,3 +84,47 @@ class PoolDirectory:
     async def close(self) -> None:
         await self.client.aclose()
         await self.nodes.close()
+
+
+class PublishedCapacity:
+    """Pool capacity for a coordinator that does not run the pool manager (it does not own
+    partition 0): the ready agents the manager last published, times their slots, refreshed
+    every `refresh_s`."""
+
+    def __init__(self, redis_url: str, slots: Mapping[str, int], *, refresh_s: float = 1.0) -> None:
+        self.client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        self.slots = dict(slots)  # pool -> slots per agent
+        self.refresh_s = refresh_s
+        self._ready: dict[str, int] = {}
+        self._task: Any = None
+
+    def __call__(self, pool: str) -> int:
+        return self._ready.get(pool, 0) * self.slots.get(pool, 0)
+
+    async def refresh(self) -> None:
+        seen = await self.client.hgetall(keys.POOL_STATUS)
+        ready = {}
+        for pool, text in seen.items():
+            view = json.loads(text)
+            ready[pool] = int(view.get("ready") or 0) if time.time() - view.get("at", 0) < STALE_AFTER_S else 0
+        self._ready = ready
+
+    async def start(self) -> None:
+        import asyncio
+
+        await self.refresh()
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.refresh_s)
+                try:
+                    await self.refresh()
+                except (rexc.ConnectionError, rexc.TimeoutError):
+                    pass  # keep the last view; the next round tries again
+
+        self._task = asyncio.create_task(loop(), name="pool capacity")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.client.aclose()
