@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
 from agents import sizing
+from agents.kubepods import stop_watch
 
 log = structlog.get_logger("flowforge.nodes.kubernetes")
 MERGE_PATCH = "application/merge-patch+json"
@@ -98,19 +98,7 @@ class KubernetesNodes:
     async def close(self) -> None:
         """Stop watching (the thread is gone when this returns, or after 5 s at worst)."""
         self._closed.set()
-        thread = self._watch_thread
-        if thread is None:
-            return
-
-        def join() -> None:
-            # A stop() landing between two streams is forgotten by the client: repeat it.
-            deadline = time.monotonic() + 5
-            while thread.is_alive() and time.monotonic() < deadline:
-                if self._watcher is not None:
-                    self._watcher.stop()
-                thread.join(0.05)
-
-        await asyncio.to_thread(join)
+        await stop_watch(self._watch_thread, lambda: self._watcher)
 
     # -- the watch ------------------------------------------------------------------------
 

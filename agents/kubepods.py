@@ -13,7 +13,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -424,19 +424,24 @@ class KubernetesPodRuntime:
     async def close(self) -> None:
         """Stop watching. Running Pods keep running: the next delivery of their attempt follows them."""
         self._closed.set()
-        thread = self._watch_thread
-        if thread is None:
-            return
+        await stop_watch(self._watch_thread, lambda: self._watcher)
 
-        def join() -> None:
-            # A stop() landing between two streams is forgotten by the client: repeat it.
-            deadline = time.monotonic() + 5
-            while thread.is_alive() and time.monotonic() < deadline:
-                if self._watcher is not None:
-                    self._watcher.stop()
-                thread.join(0.05)
 
-        await asyncio.to_thread(join)
+async def stop_watch(thread: threading.Thread | None, watcher: Callable[[], Any]) -> None:
+    """End a watch thread (within 5 s): the client forgets a `Watch.stop()` that lands between
+    two streams, so it is repeated until the thread is gone."""
+    if thread is None:
+        return
+
+    def join() -> None:
+        deadline = time.monotonic() + 5
+        while thread.is_alive() and time.monotonic() < deadline:
+            current = watcher()
+            if current is not None:
+                current.stop()
+            thread.join(0.05)
+
+    await asyncio.to_thread(join)
 
 
 def _api_message(exc: Any) -> str:
