@@ -37,6 +37,9 @@ Scenarios (identical semantics everywhere):
   fresh agent whose pool prewarms the task's slow-to-import module
   (``first_ms``), of later calls (``steady_ms``), and of the first call on a
   pool without prewarm (``first_ms_without_prewarm``); medians of 3 trials.
+* ``fairness`` (FlowForge only): tenant A submits 5,000 no-op tasks, then tenant
+  B submits 50; ``b_slowdown`` = B's completion time under A's flood / B's time
+  alone (target <= 1.5), and ``b_slowdown_fifo`` the same with fair share off.
 
 Results file: ``{"<scenario>": {"<system>": {"<metric>": <number>}}}``.  Every
 scenario run now is *replaced* by this run's figures (so one scenario never
@@ -64,7 +67,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REF = "flowforge"
 DEFAULT_SYSTEMS = ("flowforge", "celery", "ray")
-DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit", "warm_vs_cold", "scale_up", "first_call")
+DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit", "warm_vs_cold", "scale_up", "first_call", "fairness")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 # (scenario, metric, op, threshold) checked for FlowForge.
@@ -72,6 +75,7 @@ TARGETS = (
     ("chain100", "per_hop_ms_p50", "<=", 5.0),
     ("fanout10k", "tasks_per_s", ">=", 1000.0),
     ("warm_vs_cold", "ratio", ">=", 100.0),
+    ("fairness", "b_slowdown", "<=", 1.5),
 )
 # Metrics on which FlowForge must beat Celery.
 BEAT_CELERY = (("chain100", "per_hop_ms_p50"), ("fanout10k", "tasks_per_s"))

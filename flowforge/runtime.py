@@ -221,6 +221,8 @@ class Stack:
                 block_s=c.block.total_seconds(),
                 prefetch=c.prefetch,
                 max_cached_runs=c.max_cached_runs,
+                fair_share=c.fair_share,
+                tenant_weights=c.tenant_weights,
                 machine=machine.Config(
                     deadline_grace=c.deadline_grace.total_seconds(),
                     cancel_grace=c.cancel_grace.total_seconds(),

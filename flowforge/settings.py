@@ -62,6 +62,12 @@ class CoordinatorSettings(BaseModel):
         "its slots: agents stay busy while the coordinator writes, and streams stay shallow.",
     )
     max_cached_runs: int = Field(10_000, ge=10, description="Active runs kept in memory.")
+    fair_share: bool = Field(
+        True, description="Give each pool's free slots to tenants by weighted fair share (off: first come, first served).",
+    )
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict, description="Fair-share weight per tenant, e.g. {acme: 2} (unlisted: 1).",
+    )
 
 
 class AgentSettings(BaseModel):

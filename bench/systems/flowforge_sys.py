@@ -101,9 +101,11 @@ def setup() -> None:
                   poll=psycopg.connect(db_url, autocommit=True))
 
 
-def _start(command: str, ready: str, *args: str, echo: bool = False) -> subprocess.Popen[str]:
+def _start(command: str, ready: str, *args: str, echo: bool = False,
+           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start `flowforge <command>` as its own process; return once it prints `ready`."""
-    proc = subprocess.Popen([sys.executable, "-m", "flowforge", command, *args], cwd=ROOT, env=_state["env"],
+    proc = subprocess.Popen([sys.executable, "-m", "flowforge", command, *args], cwd=ROOT,
+                            env={**_state["env"], **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline, seen = time.monotonic() + 180, []
     while time.monotonic() < deadline:
@@ -355,6 +357,65 @@ def first_call(trials: int = 3, later: int = 5) -> dict[str, float]:
                 _annotate(http, {pool: 0})
     return {"first_ms": statistics.median(firsts["warmed"]), "steady_ms": statistics.median(steady),
             "first_ms_without_prewarm": statistics.median(firsts["unwarmed"])}
+
+
+def _restart_coordinator(**env: str) -> None:
+    proc = _state.pop("proc")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    _state["proc"] = _start("coordinator", "coordinator running", env=env)
+
+
+def _submit(dag: dict, params: dict, tenant: str) -> str:
+    loop = _state["loop"]
+    return loop.run_until_complete(_state["submitter"].submit(dag, params, tenant=tenant))
+
+
+def _finished(run_id: str, timeout: float = 600) -> float:
+    """Wait for the run to succeed; return the time.perf_counter() it was seen done."""
+    poll, deadline = _state["poll"], time.perf_counter() + timeout
+    while True:
+        status = poll.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()[0]
+        if status == "succeeded":
+            return time.perf_counter()
+        if status in ("failed", "cancelled") or time.perf_counter() > deadline:
+            raise RuntimeError(f"run {run_id} is {status}")
+        time.sleep(0.005)
+
+
+def fairness(flood: int = 5000, small: int = 50, reps: int = 3) -> dict[str, float]:
+    """Tenant A floods the pool with `flood` no-op tasks, then tenant B submits `small`:
+    `b_slowdown` = B's completion time under the flood / B's time alone (medians of `reps`),
+    with fair share on, and with it off (`b_slowdown_fifo`, first come first served)."""
+    loop = _state["loop"]
+    for tenant in ("tenant-a", "tenant-b"):
+        loop.run_until_complete(_state["catalog"].ensure_tenant(tenant))
+    dag = {"name": "fan", "params": {"items": []}, "tasks": [
+        {"name": "work", "fn": "bench.systems.ff_tasks:noop", "args": ["{{ item }}"],
+         "map": {"over": "{{ params.items }}", "max_items": 10_000}}]}
+
+    def b_time() -> float:
+        t0 = time.perf_counter()
+        return _finished(_submit(dag, {"items": list(range(small))}, "tenant-b")) - t0
+
+    def slowdown() -> float:
+        b_time()  # warm-up
+        alone = statistics.median(b_time() for _ in range(reps))
+        flooded = []
+        for _ in range(reps):
+            a = _submit(dag, {"items": list(range(flood))}, "tenant-a")
+            time.sleep(0.3)  # A's tasks fill the pool and its queue
+            flooded.append(b_time())
+            _finished(a)
+        return statistics.median(flooded) / alone
+
+    fair = slowdown()
+    _restart_coordinator(FLOWFORGE_COORDINATOR__FAIR_SHARE="false")
+    try:
+        fifo = slowdown()
+    finally:
+        _restart_coordinator()
+    return {"b_slowdown": fair, "b_slowdown_fifo": fifo}
 
 
 if __name__ == "__main__":

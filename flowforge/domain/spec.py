@@ -93,6 +93,7 @@ class TaskSpec(_Strict):
     timeout_seconds: float | None = Field(None, gt=0)
     executor: Executor = "light"
     pool: str = Field("default", pattern=NAME_PATTERN)
+    priority: int = Field(0, ge=-100, le=100, description="Within its tenant, higher runs first.")
     map: MapSpec | None = None
     image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^\S+$",
                               description="A container image: the task runs it in a fresh Pod.")

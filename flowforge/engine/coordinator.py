@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ class Options:
     prefetch: float = 1.0  # in-flight beyond a pool's slots, as a multiple of its slots
     max_cached_runs: int = 10_000
     machine: machine.Config = machine.Config()
+    fair_share: bool = True  # across tenants, by weight; off: first come, first served
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)  # unlisted tenants weigh 1
 
 
 @dataclass
@@ -59,7 +61,9 @@ class Coordinator:
         self.clock = clock
         self.options = options
         self.runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()  # run id -> (run, partition)
-        self.scheduler = scheduling.Scheduler(capacity, options.prefetch)
+        weights = dict(options.tenant_weights)
+        self.scheduler = scheduling.Scheduler(capacity, options.prefetch, fair=options.fair_share,
+                                              weight=lambda tenant: weights.get(tenant, 1.0))
         self.timers = timers.Timers()
         self._stopping = asyncio.Event()
         # The reconciler runs beside the event loop; both change the held runs only under this.
@@ -379,7 +383,8 @@ def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, 
     }
     if fx.pool == model.HEAVY_POOL:
         envelope["pod"] = pod_request(run.dag.tasks[task.name])
-    return scheduling.Ready(run.run_id, partition, run.tenant, task.key, task.attempt, fx.pool, envelope)
+    return scheduling.Ready(run.run_id, partition, run.tenant, task.key, task.attempt, fx.pool, envelope,
+                            run.dag.tasks[task.name].priority)
 
 
 def pod_request(t: spec.TaskSpec) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Which queued attempts go to a pool stream now. Streams stay shallow: an attempt is dispatched
-only into a pool's free slots plus a small prefetch, so ordering decisions stay ours (fair
-share across tenants builds on this) instead of becoming the stream's FIFO."""
+only into a pool's free slots plus a small prefetch, so ordering decisions stay ours (weighted
+fair share across tenants, priorities within one) instead of becoming the stream's FIFO."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,20 +21,82 @@ class Ready:
     attempt: int
     pool: str
     envelope: dict[str, Any]
+    priority: int = 0  # higher first, within its tenant
+
+
+class _Pool:
+    """One pool's ready attempts: a queue per tenant (highest priority first, then arrival),
+    and each tenant's virtual finish time for weighted fair queueing."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, list[tuple[int, int, Ready]]] = {}  # tenant -> heap of (-priority, seq, item)
+        self.passes: dict[str, float] = {}  # tenant -> virtual time of its next dispatch
+        self.clock = 0.0  # virtual time of the last dispatch
+        self.size = 0
+
+    def push(self, tenant: str, priority: int, seq: int, item: Ready) -> None:
+        queue = self.queues.get(tenant)
+        if queue is None:  # (re)activated: no credit for the time it was idle
+            queue = self.queues[tenant] = []
+            self.passes[tenant] = max(self.passes.get(tenant, 0.0), self.clock)
+        heapq.heappush(queue, (-priority, seq, item))
+        self.size += 1
+
+    def pop(self) -> Ready:
+        """The next attempt: the head of the tenant that is furthest behind its share."""
+        tenant = min(self.queues, key=lambda t: (self.passes[t], t))
+        queue = self.queues[tenant]
+        item = heapq.heappop(queue)[2]
+        self.size -= 1
+        if not queue:
+            del self.queues[tenant]
+        return item
+
+    def charge(self, tenant: str, weight: float) -> None:
+        """Count one dispatch against `tenant`'s share."""
+        self.clock = max(self.clock, self.passes.get(tenant, 0.0))
+        self.passes[tenant] = self.passes.get(tenant, self.clock) + 1.0 / max(weight, 1e-6)
+
+    def remove(self, drop: Callable[[Ready], bool]) -> None:
+        for tenant, queue in list(self.queues.items()):
+            kept = [entry for entry in queue if not drop(entry[2])]
+            if len(kept) != len(queue):
+                self.size -= len(queue) - len(kept)
+                if kept:
+                    heapq.heapify(kept)
+                    self.queues[tenant] = kept
+                else:
+                    del self.queues[tenant]
 
 
 class Scheduler:
-    def __init__(self, capacity: Callable[[str], int], prefetch: float) -> None:
+    """Dispatches ready attempts into free slots only. With `fair`, each pool's free slots go
+    to tenants by weighted fair share (a tenant with weight 2 gets twice the dispatches of one
+    with weight 1 while both wait), highest priority first within a tenant; no tenant starves,
+    and an idle tenant earns no credit to burst with later. Without it: one queue, first come,
+    first served."""
+
+    def __init__(self, capacity: Callable[[str], int], prefetch: float, *, fair: bool = True,
+                 weight: Callable[[str], float] = lambda tenant: 1.0) -> None:
         self._capacity = capacity
         self._prefetch = prefetch
-        self._ready: dict[str, deque[Ready]] = {}
+        self._fair = fair
+        self._weight = weight
+        self._pools: dict[str, _Pool] = {}
+        self._seq = itertools.count()
         self._inflight: dict[tuple[str, str], str] = {}  # (run, key) -> pool
         self._since: dict[tuple[str, str], float] = {}  # (run, key) -> when it went in flight
         self._busy: dict[str, int] = {}
         self._held: dict[str, int] = {}  # run -> its attempts waiting here or in flight
 
     def offer(self, item: Ready) -> None:
-        self._ready.setdefault(item.pool, deque()).append(item)
+        pool = self._pools.get(item.pool)
+        if pool is None:
+            pool = self._pools[item.pool] = _Pool()
+        if self._fair:
+            pool.push(item.tenant, item.priority, next(self._seq), item)
+        else:
+            pool.push("", 0, next(self._seq), item)
         self._hold(item.run_id, +1)
 
     def _hold(self, run_id: str, n: int) -> None:
@@ -45,7 +108,8 @@ class Scheduler:
 
     def backlog(self, pool: str) -> int:
         """Attempts ready for `pool` and waiting for a free slot."""
-        return len(self._ready.get(pool, ()))
+        found = self._pools.get(pool)
+        return found.size if found else 0
 
     def has_work(self, run_id: str) -> bool:
         """Whether the run has attempts waiting for a slot or in flight."""
@@ -57,14 +121,15 @@ class Scheduler:
 
     def take(self, still_wanted: Callable[[Ready], bool], now: float = 0.0) -> Iterator[Ready]:
         """Yield the ready attempts to dispatch now, marking them in flight."""
-        for pool, queue in self._ready.items():
-            free = self.free(pool)
-            while queue and free > 0:
-                item = queue.popleft()
+        for name, pool in self._pools.items():
+            free = self.free(name)
+            while pool.size and free > 0:
+                item = pool.pop()
                 self._hold(item.run_id, -1)
                 if not still_wanted(item):
-                    continue
-                self.mark_inflight(item.run_id, item.key, pool, now)
+                    continue  # a stale attempt: dropped, and not counted against its tenant
+                pool.charge(item.tenant if self._fair else "", self._weight(item.tenant))
+                self.mark_inflight(item.run_id, item.key, name, now)
                 free -= 1
                 yield item
 
@@ -91,9 +156,8 @@ class Scheduler:
             return
         for (run_id, key) in [k for k in self._inflight if k[0] in run_ids]:
             self.done(run_id, key)
-        for pool, queue in self._ready.items():
-            if any(i.run_id in run_ids for i in queue):
-                self._ready[pool] = deque(i for i in queue if i.run_id not in run_ids)
+        for pool in self._pools.values():
+            pool.remove(lambda item: item.run_id in run_ids)
         for run_id in run_ids:
             self._held.pop(run_id, None)
 
@@ -101,4 +165,4 @@ class Scheduler:
         return dict(self._inflight)
 
     def depth(self) -> dict[str, int]:
-        return {pool: len(q) for pool, q in self._ready.items()}
+        return {name: pool.size for name, pool in self._pools.items()}
