@@ -174,5 +174,14 @@ class Client:
     def annotate_pools(self, node_group: str, counts: dict[str, int]) -> dict[str, Any]:
         return self._call("POST", "/api/v1/pools/annotations", json={"node_group": node_group, "counts": counts}).json()
 
+    # ---- tenants -------------------------------------------------------------------------
+
+    def tenant_limits(self, tenant: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/v1/tenants/{_seg(tenant)}/limits").json()
+
+    def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float) -> dict[str, Any]:
+        body = {"max_running_tasks": max_running_tasks, "weight": weight}
+        return self._call("PUT", f"/api/v1/tenants/{_seg(tenant)}/limits", json=body).json()
+
     def ready(self) -> dict[str, Any]:
         return self._call("GET", "/readyz").json()

@@ -222,7 +222,6 @@ class Stack:
                 prefetch=c.prefetch,
                 max_cached_runs=c.max_cached_runs,
                 fair_share=c.fair_share,
-                tenant_weights=c.tenant_weights,
                 machine=machine.Config(
                     deadline_grace=c.deadline_grace.total_seconds(),
                     cancel_grace=c.cancel_grace.total_seconds(),
@@ -241,6 +240,7 @@ class Stack:
         await self.reconciler.sweep()  # adopt what a previous coordinator left behind
         self._jobs += [
             asyncio.create_task(self.coordinator.run_forever(), name="coordinator"),
+            asyncio.create_task(self.coordinator.follow_tenant_limits(), name="tenant limits"),
             asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
         ]
         log.info("stack.started", partitions=list(parts), pools=sorted(pool_cfgs),

@@ -65,9 +65,7 @@ class CoordinatorSettings(BaseModel):
     fair_share: bool = Field(
         True, description="Give each pool's free slots to tenants by weighted fair share (off: first come, first served).",
     )
-    tenant_weights: dict[str, float] = Field(
-        default_factory=dict, description="Fair-share weight per tenant, e.g. {acme: 2} (unlisted: 1).",
-    )
+
 
 
 class AgentSettings(BaseModel):

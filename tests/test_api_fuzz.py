@@ -17,10 +17,11 @@ OPERATIONS = [
     ("POST", "/api/v1/runs"), ("GET", "/api/v1/runs"), ("GET", "/api/v1/runs/{run_id}"),
     ("POST", "/api/v1/runs/{run_id}/cancel"), ("POST", "/api/v1/runs/{run_id}/retry"),
     ("GET", "/api/v1/pools"), ("POST", "/api/v1/pools/annotations"),
+    ("GET", "/api/v1/tenants/{tenant}/limits"), ("PUT", "/api/v1/tenants/{tenant}/limits"),
 ]
 # Routes that change the running system are fuzzed with a token that may not change it: a
 # generated request that happened to be valid would otherwise resize the test's agent pools.
-READ_ONLY_TOKEN = {("POST", "/api/v1/pools/annotations")}
+READ_ONLY_TOKEN = {("POST", "/api/v1/pools/annotations"), ("PUT", "/api/v1/tenants/{tenant}/limits")}
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def test_evicted_then_retried_without_spending_the_retry_budget(kclient):
 def test_an_image_that_cannot_be_pulled_fails_without_retries(kclient, kube):
     t = _one(kclient, {"image": "test/pull-error", "command": ["run"], "retries": {"limit": 3, "base_seconds": 0}})
     assert t["run_status"] == "failed" and len(t["attempts"]) == 1
-    assert t["attempts"][0]["reason"] == "image_pull" and "ImagePullBackOff" in t["error"]
+    assert t["attempts"][0]["reason"] == "image_pull" and ("ImagePullBackOff" in t["error"] or "ErrImagePull" in t["error"])
 
 
 def test_a_timeout_stops_the_pod(kclient, kube):

@@ -99,3 +99,23 @@ def test_attempts_no_longer_wanted_are_dropped_without_charging_their_tenant():
     got = list(s.take(lambda item: (item.tenant, item.key) != ("a", "t0")))
     # a's stale t0 is dropped uncharged, so a (first by name on a tie) still goes first.
     assert [(i.tenant, i.key) for i in got] == [("a", "t1"), ("b", "t0")] and s.backlog("p") == 0
+
+
+@given(st.integers(1, 5), st.integers(1, 8), st.booleans())
+def test_a_tenant_never_has_more_in_flight_than_its_quota(quota, slots, fair):
+    s = Scheduler(lambda pool: slots, 1.0, fair=fair)
+    s.set_quotas({"capped": quota})
+    for i in range(40):
+        s.offer(_item("capped", i))
+        s.offer(_item("free", i))
+    inflight: list[Ready] = []
+    for step in range(60):
+        inflight += list(s.take(lambda _: True))
+        capped = [i for i in inflight if i.tenant == "capped"]
+        assert len(capped) <= quota
+        if inflight:  # one attempt ends per step
+            done = inflight.pop(0)
+            s.done(done.run_id, done.key)
+    s.set_quotas({"capped": quota + 2})  # a raised quota applies to the next dispatch
+    got = list(s.take(lambda _: True))
+    assert sum(i.tenant == "capped" for i in inflight + got) <= quota + 2

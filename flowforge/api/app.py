@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from flowforge.api import auth, dags, limits, pools, problems, runs, schemas
+from flowforge.api import auth, dags, limits, pools, problems, runs, schemas, tenants
 from flowforge.api.context import ApiContext
 
 health = APIRouter(tags=["health"])
@@ -40,5 +40,6 @@ def create_app(ctx: ApiContext, *, max_body_bytes: int = 2 << 20) -> FastAPI:
     app.include_router(dags.router)
     app.include_router(runs.router)
     app.include_router(pools.router)
+    app.include_router(tenants.router)
     app.add_middleware(limits.RequestGuard, max_bytes=max_body_bytes)
     return app

@@ -29,3 +29,11 @@ async def principal(
     if found is None:
         raise HTTPException(401, "invalid or revoked token", headers=_CHALLENGE)
     return found
+
+
+OPERATOR_TENANT = "default"  # the operator's tenant: `flowforge up` gives its admin token to it
+
+
+def is_operator(who: Principal) -> bool:
+    """Cluster-wide powers (pools, tenant limits): an admin token of the operator's tenant."""
+    return who.role == "admin" and who.tenant == OPERATOR_TENANT

@@ -38,7 +38,7 @@ async def annotate(
 ) -> schemas.Annotated:
     """Writes `flowforge.io/agent-pools` on every node of the group; the pool manager converges
     within seconds (watch `GET /api/v1/pools`)."""
-    if who.role != "admin":
-        raise HTTPException(403, "resizing pools needs an admin token")
+    if not auth.is_operator(who):
+        raise HTTPException(403, "resizing pools needs an admin token of the operator's tenant")
     nodes = await _pools(ctx).annotate(body.node_group, dict(body.counts))
     return schemas.Annotated(node_group=body.node_group, nodes=nodes, counts=dict(body.counts), at=time.time())

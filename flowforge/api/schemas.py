@@ -179,3 +179,14 @@ class Annotated(BaseModel):
     counts: dict[str, int]
     at: float = Field(description="Unix time the annotation was written: pools whose nodes_seen_at is "
                                   "later have seen it.")
+
+
+class TenantLimits(BaseModel):
+    tenant: str
+    max_running_tasks: int | None = Field(description="Attempts of this tenant in flight at once; null: no limit.")
+    weight: float = Field(description="Fair-share weight: twice the weight, twice the share of a busy pool.")
+
+
+class TenantLimitsIn(_In):
+    max_running_tasks: int | None = Field(None, ge=1, le=1_000_000, description="null: no limit.")
+    weight: float = Field(1.0, gt=0, le=1000)

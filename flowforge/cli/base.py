@@ -18,9 +18,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 dags_app = typer.Typer(no_args_is_help=True, help="DAG templates: push, list, show.")
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens (talks to Postgres directly).")
 pools_app = typer.Typer(help="Agent pools: status, node-group annotations, config checks.")
+tenants_app = typer.Typer(no_args_is_help=True, help="Tenants: quotas and fair-share weights.")
 app.add_typer(dags_app, name="dags")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(pools_app, name="pools")
+app.add_typer(tenants_app, name="tenants")
 T = TypeVar("T")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from flowforge.cli import render
-from flowforge.cli.base import fail, pools_app
+from flowforge.cli.base import fail, pools_app, tenants_app
 from flowforge.cli.commands import TOKEN, URL, _client
 
 
@@ -107,3 +107,29 @@ def schema() -> None:
     from agents import pools as pooling
 
     typer.echo(json.dumps(pooling.PoolConfig.model_json_schema(), indent=2))
+
+
+@tenants_app.command("limits")
+def tenant_limits(
+    tenant: str = typer.Argument(..., help="The tenant."),
+    max_running: int = typer.Option(None, "--max-running", min=1, help="Attempts in flight at once."),
+    no_limit: bool = typer.Option(False, "--no-limit", help="Remove the quota of attempts in flight."),
+    weight: float = typer.Option(None, "--weight", min=0.001, help="Fair-share weight (default 1)."),
+    url: str = URL,
+    token: str = TOKEN,
+) -> None:
+    """Show a tenant's quota and weight; with options, set them (operator's admin token)."""
+    from flowforge.cli.base import user_errors
+
+    if no_limit and max_running is not None:
+        raise fail("give --max-running N or --no-limit, not both", 2)
+    client = _client(url, token)
+    with user_errors():
+        now = client.tenant_limits(tenant)
+        if max_running is not None or no_limit or weight is not None:
+            now = client.set_tenant_limits(
+                tenant, None if no_limit else (max_running if max_running is not None else now["max_running_tasks"]),
+                weight if weight is not None else now["weight"],
+            )
+    limit = now["max_running_tasks"]
+    typer.echo(f"{tenant}: at most {limit if limit is not None else 'unlimited'} attempts in flight, weight {now['weight']:g}")

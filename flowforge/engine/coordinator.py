@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,6 @@ class Options:
     max_cached_runs: int = 10_000
     machine: machine.Config = machine.Config()
     fair_share: bool = True  # across tenants, by weight; off: first come, first served
-    tenant_weights: Mapping[str, float] = field(default_factory=dict)  # unlisted tenants weigh 1
 
 
 @dataclass
@@ -61,9 +60,7 @@ class Coordinator:
         self.clock = clock
         self.options = options
         self.runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()  # run id -> (run, partition)
-        weights = dict(options.tenant_weights)
-        self.scheduler = scheduling.Scheduler(capacity, options.prefetch, fair=options.fair_share,
-                                              weight=lambda tenant: weights.get(tenant, 1.0))
+        self.scheduler = scheduling.Scheduler(capacity, options.prefetch, fair=options.fair_share)
         self.timers = timers.Timers()
         self._stopping = asyncio.Event()
         # The reconciler runs beside the event loop; both change the held runs only under this.
@@ -76,6 +73,20 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def follow_tenant_limits(self, every_s: float = 1.0) -> None:
+        """Keep the scheduler's tenant quotas and weights as Postgres has them."""
+        read = getattr(self.store, "tenant_limits", None)
+        if read is None:
+            return
+        while not self._stopping.is_set():
+            try:
+                quotas, weights = await read()
+                self.scheduler.set_quotas(quotas)
+                self.scheduler.set_weights(weights)
+            except errors.TemporaryError as exc:
+                log.warning("coordinator.tenant_limits_unavailable", error=str(exc))
+            await asyncio.sleep(every_s)
 
     async def run_forever(self) -> None:
         while not self._stopping.is_set():
@@ -353,7 +364,7 @@ class Coordinator:
                 self.scheduler.offer(ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now()))
             elif task.key in lr.dispatched_at:
                 self.scheduler.mark_inflight(
-                    run.run_id, task.key, run.dispatch_pool(task.name), lr.dispatched_at[task.key]
+                    run.run_id, task.key, run.dispatch_pool(task.name), lr.dispatched_at[task.key], run.tenant
                 )
 
     def _forget(self, run_ids: set[str]) -> None:

@@ -24,6 +24,10 @@ class Ready:
     priority: int = 0  # higher first, within its tenant
 
 
+def _anyone(tenant: str) -> bool:
+    return True
+
+
 class _Pool:
     """One pool's ready attempts: a queue per tenant (highest priority first, then arrival),
     and each tenant's virtual finish time for weighted fair queueing."""
@@ -42,15 +46,23 @@ class _Pool:
         heapq.heappush(queue, (-priority, seq, item))
         self.size += 1
 
-    def pop(self) -> Ready:
-        """The next attempt: the head of the tenant that is furthest behind its share."""
-        tenant = min(self.queues, key=lambda t: (self.passes[t], t))
+    def pop(self, allowed: Callable[[str], bool]) -> Ready | None:
+        """The next attempt: the head of the tenant furthest behind its share, among those
+        `allowed` (under their quota); None when none is."""
+        eligible = [t for t in self.queues if allowed(t)]
+        if not eligible:
+            return None
+        tenant = min(eligible, key=lambda t: (self.passes[t], t))
         queue = self.queues[tenant]
         item = heapq.heappop(queue)[2]
         self.size -= 1
         if not queue:
             del self.queues[tenant]
         return item
+
+    def peek(self) -> Ready:
+        tenant = min(self.queues, key=lambda t: (self.passes[t], t))
+        return self.queues[tenant][0][2]
 
     def charge(self, tenant: str, weight: float) -> None:
         """Count one dispatch against `tenant`'s share."""
@@ -82,9 +94,12 @@ class Scheduler:
         self._prefetch = prefetch
         self._fair = fair
         self._weight = weight
+        self._default_weight = weight
         self._pools: dict[str, _Pool] = {}
         self._seq = itertools.count()
-        self._inflight: dict[tuple[str, str], str] = {}  # (run, key) -> pool
+        self._inflight: dict[tuple[str, str], tuple[str, str]] = {}  # (run, key) -> (pool, tenant)
+        self._running: dict[str, int] = {}  # tenant -> attempts in flight
+        self._max_running: dict[str, int] = {}  # tenant -> quota of attempts in flight
         self._since: dict[tuple[str, str], float] = {}  # (run, key) -> when it went in flight
         self._busy: dict[str, int] = {}
         self._held: dict[str, int] = {}  # run -> its attempts waiting here or in flight
@@ -119,25 +134,47 @@ class Scheduler:
         slots = self._capacity(pool)
         return slots + math.ceil(slots * self._prefetch) - self._busy.get(pool, 0)
 
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """Tenants' fair-share weights (unlisted: the constructor's `weight`)."""
+        default = self._default_weight
+        self._weight = lambda tenant: weights.get(tenant) or default(tenant)
+
+    def set_quotas(self, max_running: dict[str, int]) -> None:
+        """Tenants' quotas of attempts in flight (all pools); the next dispatch obeys them.
+        Attempts already in flight above a lowered quota finish; none starts until below it."""
+        self._max_running = dict(max_running)
+
+    def _under_quota(self, tenant: str) -> bool:
+        limit = self._max_running.get(tenant)
+        return limit is None or self._running.get(tenant, 0) < limit
+
+    def held_by_quota(self, tenant: str) -> bool:
+        return not self._under_quota(tenant)
+
     def take(self, still_wanted: Callable[[Ready], bool], now: float = 0.0) -> Iterator[Ready]:
         """Yield the ready attempts to dispatch now, marking them in flight."""
         for name, pool in self._pools.items():
             free = self.free(name)
             while pool.size and free > 0:
-                item = pool.pop()
+                if not self._fair and not self._under_quota(pool.peek().tenant):
+                    break  # first come, first served: the head waits for its tenant's quota
+                item = pool.pop(self._under_quota if self._fair else _anyone)
+                if item is None:
+                    break  # what waits belongs to tenants at their quota
                 self._hold(item.run_id, -1)
                 if not still_wanted(item):
                     continue  # a stale attempt: dropped, and not counted against its tenant
                 pool.charge(item.tenant if self._fair else "", self._weight(item.tenant))
-                self.mark_inflight(item.run_id, item.key, name, now)
+                self.mark_inflight(item.run_id, item.key, name, now, item.tenant)
                 free -= 1
                 yield item
 
-    def mark_inflight(self, run_id: str, key: str, pool: str, since: float = 0.0) -> None:
+    def mark_inflight(self, run_id: str, key: str, pool: str, since: float = 0.0, tenant: str = "") -> None:
         if (run_id, key) not in self._inflight:
-            self._inflight[(run_id, key)] = pool
+            self._inflight[(run_id, key)] = (pool, tenant)
             self._since[(run_id, key)] = since
             self._busy[pool] = self._busy.get(pool, 0) + 1
+            self._running[tenant] = self._running.get(tenant, 0) + 1
             self._hold(run_id, +1)
 
     def oldest_inflight(self) -> float | None:
@@ -145,9 +182,11 @@ class Scheduler:
 
     def done(self, run_id: str, key: str) -> None:
         self._since.pop((run_id, key), None)
-        pool = self._inflight.pop((run_id, key), None)
-        if pool is not None:
+        found = self._inflight.pop((run_id, key), None)
+        if found is not None:
+            pool, tenant = found
             self._busy[pool] -= 1
+            self._running[tenant] -= 1
             self._hold(run_id, -1)
 
     def forget_runs(self, run_ids: set[str]) -> None:
@@ -162,7 +201,8 @@ class Scheduler:
             self._held.pop(run_id, None)
 
     def inflight(self) -> dict[tuple[str, str], str]:
-        return dict(self._inflight)
+        """(run, task key) -> pool, of every attempt in flight."""
+        return {k: pool for k, (pool, _tenant) in self._inflight.items()}
 
     def depth(self) -> dict[str, int]:
         return {name: pool.size for name, pool in self._pools.items()}

@@ -63,6 +63,26 @@ class Catalog:
                 {"t": tenant, "p": project},
             )
 
+    async def tenant_limits(self, tenant: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.text("SELECT max_running_tasks, weight FROM tenants WHERE id = :t"),
+                                      {"t": tenant})).first()
+        if row is None:
+            raise errors.NotFound(f"tenant {tenant!r} not found")
+        return {"tenant": tenant, "max_running_tasks": row[0], "weight": row[1]}
+
+    async def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float) -> dict[str, Any]:
+        """Set a tenant's quota of attempts in flight (None: no limit) and fair-share weight;
+        coordinators apply them within a second."""
+        async with self.engine.begin() as conn:
+            found = await conn.execute(
+                sa.text("UPDATE tenants SET max_running_tasks = :m, weight = :w WHERE id = :t"),
+                {"m": max_running_tasks, "w": weight, "t": tenant},
+            )
+        if not found.rowcount:
+            raise errors.NotFound(f"tenant {tenant!r} not found")
+        return {"tenant": tenant, "max_running_tasks": max_running_tasks, "weight": weight}
+
     async def create_token(self, tenant: str, name: str, role: str = "admin") -> str:
         """Create a token for `tenant` (creating the tenant if new); return it. Only its hash is kept."""
         await self.ensure_tenant(tenant)

@@ -156,6 +156,12 @@ class PostgresStore:
         async with self.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
+    async def tenant_limits(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Every tenant's quota of attempts in flight (where set) and fair-share weight."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT id, max_running_tasks, weight FROM tenants"))).all()
+        return {r[0]: r[1] for r in rows if r[1] is not None}, {r[0]: float(r[2]) for r in rows}
+
     async def close(self) -> None:
         await self._drop_hot_connection()
         await self.engine.dispose()

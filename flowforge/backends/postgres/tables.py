@@ -22,6 +22,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    max_running_tasks: Mapped[int | None] = mapped_column(sa.Integer)  # quota of attempts in flight
+    weight: Mapped[float] = mapped_column(sa.Float, server_default="1")  # fair-share weight
 
 
 class Project(Base):
