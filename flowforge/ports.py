@@ -145,6 +145,10 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
 
+ROLES = ("admin", "tenant-admin", "member", "viewer")
+OPERATOR_TENANT = "default"  # the operator's tenant: only it holds `admin` tokens
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who calls the API: the tenant every object of the request is scoped to."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -186,12 +187,15 @@ def test_a_coordinator_without_partition_0_dispatches_to_the_published_agents(st
 
     async def read() -> tuple[int, int, int]:
         try:
-            await capacity.refresh()
+            for _ in range(50):  # the manager publishes every half second; wait for a settled view
+                await capacity.refresh()
+                if capacity("default") == stack.stack.manager.status()["default"]["ready"] * 8:
+                    break
+                await asyncio.sleep(0.1)
             return capacity("default"), capacity("recycled"), capacity("nope")
         finally:
             await capacity.close()
 
-    status = stack.stack.manager.status()
     got = stack.call(read())
-    assert got[2] == 0 and got[0] == status["default"]["ready"] * 8 > 0
+    assert got[2] == 0 and got[0] == stack.stack.manager.status()["default"]["ready"] * 8 > 0
     assert got[1] in (0, 1)  # the recycled pool's one agent may be between lives

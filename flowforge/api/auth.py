@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from flowforge.api.context import ApiContext
-from flowforge.ports import Principal
+from flowforge.ports import OPERATOR_TENANT, Principal
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer ff_...`")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -31,9 +33,36 @@ async def principal(
     return found
 
 
-OPERATOR_TENANT = "default"  # the operator's tenant: `flowforge up` gives its admin token to it
+
+# What each role may do. `admin` (the operator's tenant only) adds cluster-wide powers;
+# everything else stays within the token's own tenant.
+ROLES: dict[str, frozenset[str]] = {
+    "admin": frozenset({"read", "run", "dags", "operator"}),
+    "tenant-admin": frozenset({"read", "run", "dags"}),
+    "member": frozenset({"read", "run"}),
+    "viewer": frozenset({"read"}),
+}
+_NEEDS = {"read": "any role", "run": "member, tenant-admin or admin", "dags": "tenant-admin or admin",
+          "operator": "an admin token of the operator's tenant"}
 
 
 def is_operator(who: Principal) -> bool:
     """Cluster-wide powers (pools, tenant limits): an admin token of the operator's tenant."""
     return who.role == "admin" and who.tenant == OPERATOR_TENANT
+
+
+def allowed(who: Principal, action: str) -> bool:
+    if action == "operator":
+        return is_operator(who)
+    return action in ROLES.get(who.role, frozenset())
+
+
+def permit(action: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the request's principal, if its role may do `action`; else 403."""
+
+    async def check(who: Principal = Depends(principal)) -> Principal:
+        if not allowed(who, action):
+            raise HTTPException(403, f"a {who.role} token cannot do this; it needs {_NEEDS[action]}")
+        return who
+
+    return check

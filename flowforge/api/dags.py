@@ -30,7 +30,7 @@ async def _out(ctx: ApiContext, tenant: str, name: str, version: int | None = No
 async def create_dag(
     response: Response,
     dag: dict[str, Any] = SpecBody,
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("dags")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.DagOut:
     parsed, _ = ctx.submitter.validate(dag)
@@ -43,7 +43,7 @@ async def create_dag(
 async def list_dags(
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, max_length=500),
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.DagPage:
     rows, nxt = await ctx.catalog.list_templates(who.tenant, PROJECT, limit=limit, cursor=cursor)
@@ -61,7 +61,7 @@ async def list_dags(
 async def get_dag(
     name: str = NamePath,
     version: int | None = Query(None, ge=1, le=2**31 - 1, description="Unset: the latest version."),
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.DagOut:
     return await _out(ctx, who.tenant, name, version)
@@ -73,7 +73,7 @@ async def put_dag(
     response: Response,
     name: str = NamePath,
     dag: dict[str, Any] = SpecBody,
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("dags")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.DagOut:
     """Adds a version when the spec differs from the latest one (older versions stay readable
@@ -92,7 +92,7 @@ async def put_dag(
                responses={409: {"description": "Runs of it are still pending or running"}})
 async def delete_dag(
     name: str = NamePath,
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("dags")),
     ctx: ApiContext = Depends(auth.context),
 ) -> Response:
     await ctx.catalog.delete_template(who.tenant, PROJECT, name)

@@ -31,7 +31,7 @@ RunId = Depends(run_id_path)
 async def create_run(
     body: schemas.RunCreate,
     response: Response,
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("run")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.RunCreated:
     if body.dag is not None:
@@ -53,7 +53,7 @@ async def list_runs(
     created_before: datetime | None = Query(None, description="ISO 8601; exclusive."),
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, max_length=500),
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.RunPage:
     for field, value in (("created_after", created_after), ("created_before", created_before)):
@@ -70,7 +70,7 @@ async def list_runs(
 async def get_run(
     run_id: str = RunId,
     logs: bool = Query(False, description="Include each attempt's captured output lines."),
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.RunOut:
     run = await ctx.catalog.get_run(run_id, who.tenant, logs=logs)
@@ -82,8 +82,8 @@ async def get_run(
 @router.post("/{run_id}/cancel", status_code=202, response_model=schemas.Accepted, summary="Cancel a run",
              responses={409: {"description": "The run already ended"}})
 async def cancel_run(
+    who: Principal = Depends(auth.permit("run")),
     run_id: str = RunId,
-    who: Principal = Depends(auth.principal),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.Accepted:
     """Queued tasks are cancelled at once; running ones are asked to stop and are marked
@@ -96,8 +96,8 @@ async def cancel_run(
              summary="Re-run a failed or cancelled run's unfinished tasks",
              responses={409: {"description": "The run is not failed or cancelled"}})
 async def retry_run(
+    who: Principal = Depends(auth.permit("run")),
     run_id: str = RunId,
-    who: Principal = Depends(auth.principal),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.Accepted:
     """Failed, cancelled and upstream_failed tasks run again as new attempts, each with a fresh

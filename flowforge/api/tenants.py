@@ -4,7 +4,6 @@ them; a tenant's own tokens may read them)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path
-from starlette.exceptions import HTTPException
 
 from flowforge import errors
 from flowforge.api import auth, schemas
@@ -16,7 +15,7 @@ TenantPath = Path(..., pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="The te
 @router.get("/{tenant}/limits", response_model=schemas.TenantLimits, summary="A tenant's quota and weight")
 async def get_limits(
     tenant: str = TenantPath,
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.TenantLimits:
     if tenant != who.tenant and not auth.is_operator(who):
@@ -29,10 +28,8 @@ async def get_limits(
 async def put_limits(
     body: schemas.TenantLimitsIn,
     tenant: str = TenantPath,
-    who: Principal = Depends(auth.principal),
+    who: Principal = Depends(auth.permit("operator")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.TenantLimits:
     """Coordinators apply the change to their next dispatch (within a second)."""
-    if not auth.is_operator(who):
-        raise HTTPException(403, "setting tenant limits needs an admin token of the operator's tenant")
     return schemas.TenantLimits(**await ctx.catalog.set_tenant_limits(tenant, body.max_running_tasks, body.weight))

@@ -159,6 +159,9 @@ def validate(file: Path) -> None:
 def tokens_create(
     tenant: str = typer.Option(..., help="The tenant the token acts for (created if new)."),
     name: str = typer.Option("cli", help="A label to recognise the token by."),
+    role: str = typer.Option(None, help="admin (operator's tenant only), tenant-admin, member or viewer "
+                                        "(default: admin for tenant default, else tenant-admin)."),
+    expires_in: str = typer.Option(None, "--expires-in", help="e.g. 30d, 12h, 90m (default: never)."),
 ) -> None:
     """Create an API token and print it (it is shown once; only its hash is stored)."""
     import re
@@ -169,13 +172,21 @@ def tokens_create(
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", tenant):
         raise fail("--tenant: use lowercase letters, digits and dashes (at most 63)", 2)
+    ttl = None
+    if expires_in is not None:
+        found = re.fullmatch(r"(\d{1,6})([dhm])", expires_in.strip())
+        if found is None:
+            raise fail("--expires-in: write a number and d, h or m, e.g. 30d", 2)
+        from datetime import timedelta
+
+        ttl = timedelta(**{{"d": "days", "h": "hours", "m": "minutes"}[found[2]]: int(found[1])})
     cfg = load_settings()
     services = runtime.resolve_services(cfg)
 
     async def main() -> str:
         store = pg_store.PostgresStore.connect(services.database_url)
         try:
-            return await catalog_mod.Catalog(store.engine).create_token(tenant, name)
+            return await catalog_mod.Catalog(store.engine).create_token(tenant, name, role, ttl)
         finally:
             await store.close()
 

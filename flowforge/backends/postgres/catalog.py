@@ -9,7 +9,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flowforge import errors
 from flowforge.backends.postgres import faults
-from flowforge.ports import DagVersion, Principal
+from flowforge.ports import OPERATOR_TENANT, ROLES, DagVersion, Principal
 from flowforge.domain import spec
 
 TOKEN_PREFIX = "ff_"
@@ -83,14 +83,25 @@ class Catalog:
             raise errors.NotFound(f"tenant {tenant!r} not found")
         return {"tenant": tenant, "max_running_tasks": max_running_tasks, "weight": weight}
 
-    async def create_token(self, tenant: str, name: str, role: str = "admin") -> str:
-        """Create a token for `tenant` (creating the tenant if new); return it. Only its hash is kept."""
+    async def create_token(self, tenant: str, name: str, role: str | None = None,
+                           expires_in: timedelta | None = None) -> str:
+        """Create a token for `tenant` (creating the tenant if new); return it (32 random bytes;
+        only its hash is kept). Role: `admin` for the operator's tenant, else `tenant-admin`,
+        unless given; `admin` exists in the operator's tenant only."""
+        role = role or ("admin" if tenant == OPERATOR_TENANT else "tenant-admin")
+        if role not in ROLES:
+            raise errors.InvalidInput("role", f"unknown role {role!r}", f"use one of: {', '.join(ROLES)}")
+        if role == "admin" and tenant != OPERATOR_TENANT:
+            raise errors.InvalidInput("role", "admin tokens belong to the operator's tenant only",
+                                      f"use tenant-admin for tenant {tenant!r}")
         await self.ensure_tenant(tenant)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         async with self.engine.begin() as conn:
             await conn.execute(
-                sa.text("INSERT INTO api_tokens (id, tenant_id, name, token_hash, role) VALUES (:id, :t, :n, :h, :r)"),
-                {"id": str(uuid.uuid4()), "t": tenant, "n": name, "h": hash_token(token), "r": role},
+                sa.text("INSERT INTO api_tokens (id, tenant_id, name, token_hash, role, expires_at) "
+                        "VALUES (:id, :t, :n, :h, :r, now() + CAST(:ttl AS interval))"),
+                {"id": str(uuid.uuid4()), "t": tenant, "n": name, "h": hash_token(token), "r": role,
+                 "ttl": expires_in},
             )
         return token
 
@@ -99,7 +110,7 @@ class Catalog:
             row = (
                 await conn.execute(
                     sa.text("SELECT id::text, tenant_id, role FROM api_tokens WHERE token_hash = :h "
-                            "AND revoked_at IS NULL"),
+                            "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"),
                     {"h": hash_token(token)},
                 )
             ).first()

@@ -158,3 +158,4 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(sa.String(16), server_default="admin")
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
     revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
