@@ -19,7 +19,9 @@ _install_lock = threading.Lock()
 
 
 class Capture:
-    def __init__(self, *, max_line_bytes: int, max_lines: int, max_bytes: int = 1 << 20) -> None:
+    def __init__(self, *, max_line_bytes: int, max_lines: int, max_bytes: int = 1 << 20,
+                 redact: tuple[str, ...] = ()) -> None:
+        self.redact = tuple(r for r in redact if r)  # secret values, replaced by *** in every line
         self.max_line_bytes = max_line_bytes
         self.max_lines = max_lines
         self.max_bytes = max_bytes
@@ -44,6 +46,8 @@ class Capture:
         if len(self.lines) >= self.max_lines or self.size >= self.max_bytes:
             self.dropped += 1
             return
+        for secret in self.redact:  # before any cut, so no part of a secret survives
+            line = line.replace(secret, "***")
         if len(line) > self.max_line_bytes:
             line = line[: self.max_line_bytes] + f"… [line truncated at {self.max_line_bytes} bytes]"
         if "\x00" in line:  # Postgres text cannot hold NUL

@@ -255,7 +255,7 @@ class Agent:
             )
             cap = capture.Capture(
                 max_line_bytes=self.config.max_log_line_bytes, max_lines=self.config.max_log_lines,
-                max_bytes=self.config.max_log_bytes,
+                max_bytes=self.config.max_log_bytes, redact=tuple(env.get("redact") or ()),
             )
             try:
                 output = await self._call(a, cap)
@@ -280,6 +280,9 @@ class Agent:
             announce.cancel()
         finally:
             event["finished_at"] = time.time()
+            for secret in env.get("redact") or ():  # a traceback may quote a secret argument
+                if isinstance(event.get("error"), str):
+                    event["error"] = event["error"].replace(secret, "***")
             if a.began is not None:
                 event["started_at"] = a.began
             self._outbox.put_nowait((a.partition, a.entry_id, _pack_result(event)))

@@ -136,3 +136,14 @@ def counted(ledger: str, seconds: float) -> float:
         f.write(f"{ctx.run_id} {ctx.task} {ctx.attempt}\n")
     time.sleep(seconds)
     return seconds
+
+
+def leak(token: str) -> dict:
+    """A careless task: prints its secret argument, returns it, then fails quoting it."""
+    print(f"calling the API with {token}")
+    return {"echo": token, "length": len(token)}
+
+
+def leak_and_fail(token: str) -> None:
+    print(f"using {token}")
+    raise RuntimeError(f"the service refused {token}")

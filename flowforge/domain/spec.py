@@ -108,7 +108,20 @@ class DagSpec(_Strict):
     name: str = Field(..., pattern=NAME_PATTERN)
     description: str = Field("", max_length=4_000)
     params: dict[str, Any] = Field(default_factory=dict)
+    secret_params: list[str] = Field(
+        default_factory=list, max_length=100,
+        description="Params whose values are secret: masked in API responses, redacted from task output.",
+    )
     tasks: list[TaskSpec] = Field(..., min_length=1)
+
+    def secrets(self, params: dict[str, Any]) -> list[str]:
+        """The secret values of a run with these params, as they would appear in text."""
+        found = []
+        for name in self.secret_params:
+            value = params.get(name)
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) >= 4:
+                found.append(str(value))
+        return found
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:

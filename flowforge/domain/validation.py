@@ -306,6 +306,11 @@ class _Checker:
         params = self.raw.get("params", {})
         if isinstance(params, Mapping) and (why := _too_big(params, self.limits.max_payload_bytes)):
             self.add("params", f"the params {why}", _SIZE_HINT)
+        secret = self.raw.get("secret_params")
+        for i, name in enumerate(secret if isinstance(secret, list) else []):
+            if self.params is not None and isinstance(name, str) and name not in self.params:
+                self.add(f"secret_params[{i}]", f"{name!r} is not a declared param",
+                         f"declare it under `params` (declared: {_names(self.params)})")
         tasks = self.raw.get("tasks")
         if not isinstance(tasks, list):
             return self.problems

@@ -392,6 +392,9 @@ def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, 
         "map_index": task.map_index,
         "queued_at": now,
     }
+    secrets = run.dag.spec.secrets(run.params)
+    if secrets:
+        envelope["redact"] = secrets  # the agent scrubs them from the attempt's output and error
     if fx.pool == model.HEAVY_POOL:
         envelope["pod"] = pod_request(run.dag.tasks[task.name])
     return scheduling.Ready(run.run_id, partition, run.tenant, task.key, task.attempt, fx.pool, envelope,

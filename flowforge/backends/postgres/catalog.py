@@ -43,10 +43,37 @@ def decode_cursor(cursor: str, n: int) -> list[Any]:
 
 _RUN_COLUMNS = """
   r.id::text AS id, r.dag_name, r.dag_version, d.template AS dag_template, r.status, r.params,
-  r.error, r.cancel_requested, r.created_at, r.started_at, r.finished_at"""
+  r.error, r.cancel_requested, r.created_at, r.started_at, r.finished_at,
+  d.spec -> 'secret_params' AS secret_params"""
 
 
 @faults.translated
+def _conceal(run: dict[str, Any]) -> dict[str, Any]:
+    """A run as the API shows it: secret params masked, and their values scrubbed from every
+    string (outputs, errors, logs) a task may have echoed them into."""
+    names = run.pop("secret_params", None) or []
+    if not names:
+        return run
+    params = run.get("params") or {}
+    secrets = spec.DagSpec.model_construct(secret_params=names).secrets(params)
+    run["params"] = {k: ("***" if k in names else v) for k, v in params.items()}
+    return _scrub(run, secrets) if secrets else run
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in secrets:
+        return "***"
+    return value
+
+
 class Catalog:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -280,7 +307,7 @@ WHERE {' AND '.join(where)}
 ORDER BY r.created_at DESC, r.id DESC LIMIT :limit"""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.text(q), args)).mappings().all()
-        items = [dict(r, task_counts=r["task_counts"] or {}) for r in rows[:limit]]
+        items = [_conceal(dict(r, task_counts=r["task_counts"] or {})) for r in rows[:limit]]
         nxt = encode_cursor(items[-1]["created_at"].isoformat(), items[-1]["id"]) if len(rows) > limit else None
         return items, nxt
 
@@ -327,4 +354,4 @@ ORDER BY r.created_at DESC, r.id DESC LIMIT :limit"""
             by_task.setdefault(row.pop("task_key"), []).append(row)
         out = dict(run)
         out["tasks"] = [dict(t, attempts=by_task.get(t["key"], [])) for t in tasks]
-        return out
+        return _conceal(out)
