@@ -163,7 +163,8 @@ class Stack:
 
             self.pool_directory = PoolDirectory(self.services.redis_url, pool_cfgs, self.node_source(), c.partitions)
             ctx = ApiContext(self.catalog, self.submitter, self.readiness, pools=self.pool_directory,
-                             token_cache_s=cfg.api.token_cache.total_seconds())
+                             token_cache_s=cfg.api.token_cache.total_seconds(), rate_per_s=cfg.api.rate_limit,
+                             rate_burst=cfg.api.rate_burst)
             self.api = ApiServer(create_app(ctx, max_body_bytes=cfg.api.max_body_bytes), cfg.api.host, cfg.api.port)
             await self.api.start()
         if not self.with_coordinator:

@@ -152,6 +152,10 @@ class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the REST API listens on (0.0.0.0 in a container).")
     port: int = Field(8080, ge=0, le=65535, description="Port of the REST API (0: any free port).")
     max_body_bytes: int = Field(2 << 20, ge=1024, description="Larger request bodies are refused with 413.")
+    rate_limit: float | None = Field(
+        100.0, gt=0, description="Requests per second per token, per API process (unset: no limit); past it, 429.",
+    )
+    rate_burst: int = Field(200, ge=1, description="Requests a token may send at once above `rate_limit`.")
     token_cache: timedelta = Field(
         timedelta(seconds=10), description="How long a verified token is trusted without asking Postgres "
         "(a revoked token stops working within this time).",

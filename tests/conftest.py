@@ -97,7 +97,7 @@ def stack_settings(database_url: str, redis_url: str, pool_dir: Path, tmp_path_f
         database={"url": database_url},
         redis={"url": redis_url},
         ray={"num_cpus": 2},
-        api={"port": 0},
+        api={"port": 0, "rate_limit": 100_000, "rate_burst": 100_000},  # the rate limit has its own test
         agents={"pool_config_dir": pool_dir, "lease": timedelta(seconds=2), "max_deliveries": 3,
                 "heartbeat_timeout": timedelta(seconds=3)},
         coordinator={

@@ -162,3 +162,35 @@ def test_postgres_down_answers_503_with_retry_after(redis_url):
 
     seen = asyncio.run(main())
     assert all(code == 503 and retry for _, code, retry in seen), seen
+
+
+def test_a_token_over_its_rate_limit_gets_429_with_retry_after(stack):
+    from flowforge.api.app import create_app
+    from flowforge.api.context import ApiContext
+
+    async def readiness() -> dict[str, str]:
+        return {}
+
+    ctx = ApiContext(stack.stack.catalog, stack.stack.submitter, readiness, pools=stack.stack.pool_directory,
+                     rate_per_s=2, rate_burst=3)
+    token = stack.call(stack.stack.catalog.create_token("default", "rate"))
+    other = stack.call(stack.stack.catalog.create_token("default", "rate-2"))
+    app = create_app(ctx)
+
+    async def main() -> tuple[list[int], str | None, int, int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            codes, retry = [], None
+            for _ in range(5):
+                r = await http.get("/api/v1/dags", headers={"Authorization": f"Bearer {token}"})
+                codes.append(r.status_code)
+                if r.status_code == 429:
+                    retry = r.headers.get("retry-after")
+                    assert r.headers["content-type"].startswith("application/problem+json")
+            fresh = (await http.get("/api/v1/dags", headers={"Authorization": f"Bearer {other}"})).status_code
+            await asyncio.sleep(0.6)  # the bucket refills at 2/s
+            later = (await http.get("/api/v1/dags", headers={"Authorization": f"Bearer {token}"})).status_code
+            return codes, retry, fresh, later
+
+    codes, retry, fresh, later = stack.call(main())
+    assert codes == [200, 200, 200, 429, 429] and retry == "1"
+    assert fresh == 200 and later == 200  # the limit is per token, and it refills

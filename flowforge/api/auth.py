@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, Request
@@ -27,9 +28,14 @@ async def principal(
     token = credentials.credentials
     if len(token) > 200:
         raise HTTPException(401, "invalid or revoked token", headers=_CHALLENGE)
-    found = await context(request).principal(token)
+    ctx = context(request)
+    found = await ctx.principal(token)
     if found is None:
         raise HTTPException(401, "invalid or revoked token", headers=_CHALLENGE)
+    wait = ctx.spend(found.token_id)
+    if wait > 0:
+        raise HTTPException(429, f"over this token's rate limit ({ctx.rate_per_s:g} requests/s); retry shortly",
+                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
     return found
 
 

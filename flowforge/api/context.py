@@ -55,7 +55,25 @@ class ApiContext:
     readiness: Callable[[], Awaitable[dict[str, str]]]
     pools: Pools | None = None
     token_cache_s: float = 10.0
+    rate_per_s: float | None = None  # requests per second per token (None: unlimited)
+    rate_burst: int = 100
     _tokens: dict[str, tuple[Principal, float]] = field(default_factory=dict)
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # token id -> (tokens, at)
+
+    def spend(self, token_id: str) -> float:
+        """Take one request from the token's bucket; 0 if allowed, else seconds until one is."""
+        if self.rate_per_s is None:
+            return 0.0
+        now = time.monotonic()
+        left, at = self._buckets.get(token_id, (float(self.rate_burst), now))
+        left = min(float(self.rate_burst), left + (now - at) * self.rate_per_s)
+        if left < 1.0:
+            self._buckets[token_id] = (left, now)
+            return (1.0 - left) / self.rate_per_s
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()
+        self._buckets[token_id] = (left - 1.0, now)
+        return 0.0
 
     async def principal(self, token: str) -> Principal | None:
         """The token's principal; verified tokens are remembered for `token_cache_s` (so a

@@ -20,7 +20,8 @@ MEDIA_TYPE = "application/problem+json"
 _TITLES = {
     400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
     405: "Method not allowed", 409: "Conflict", 413: "Request body too large",
-    415: "Unsupported media type", 422: "Invalid input", 500: "Internal error", 503: "Unavailable",
+    415: "Unsupported media type", 422: "Invalid input", 429: "Too many requests", 500: "Internal error",
+    503: "Unavailable",
 }
 
 
