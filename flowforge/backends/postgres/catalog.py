@@ -47,7 +47,6 @@ _RUN_COLUMNS = """
   d.spec -> 'secret_params' AS secret_params"""
 
 
-@faults.translated
 def _conceal(run: dict[str, Any]) -> dict[str, Any]:
     """A run as the API shows it: secret params masked, and their values scrubbed from every
     string (outputs, errors, logs) a task may have echoed them into."""
@@ -74,6 +73,7 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
+@faults.translated
 class Catalog:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine

@@ -43,6 +43,8 @@ def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
 
 def translated(cls: C) -> C:
     """Class decorator: every public coroutine method raises TemporaryError for TRANSIENT."""
+    if not isinstance(cls, type):
+        raise TypeError(f"@translated decorates classes, not {cls!r}")
     for name, member in list(vars(cls).items()):
         if not name.startswith("_") and inspect.iscoroutinefunction(member):
             setattr(cls, name, _guarded(member))
