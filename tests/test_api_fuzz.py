@@ -18,10 +18,13 @@ OPERATIONS = [
     ("POST", "/api/v1/runs/{run_id}/cancel"), ("POST", "/api/v1/runs/{run_id}/retry"),
     ("GET", "/api/v1/pools"), ("POST", "/api/v1/pools/annotations"),
     ("GET", "/api/v1/tenants/{tenant}/limits"), ("PUT", "/api/v1/tenants/{tenant}/limits"),
+    ("POST", "/api/v1/tenants/{tenant}/tokens"), ("GET", "/api/v1/tenants/{tenant}/tokens"),
+    ("DELETE", "/api/v1/tenants/{tenant}/tokens/{token_id}"),
 ]
 # Routes that change the running system are fuzzed with a token that may not change it: a
 # generated request that happened to be valid would otherwise resize the test's agent pools.
-READ_ONLY_TOKEN = {("POST", "/api/v1/pools/annotations"), ("PUT", "/api/v1/tenants/{tenant}/limits")}
+READ_ONLY_TOKEN = {("POST", "/api/v1/pools/annotations"), ("PUT", "/api/v1/tenants/{tenant}/limits"),
+                   ("POST", "/api/v1/tenants/{tenant}/tokens"), ("DELETE", "/api/v1/tenants/{tenant}/tokens/{token_id}")}
 
 
 @pytest.fixture(scope="module")

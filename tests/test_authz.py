@@ -45,6 +45,10 @@ MATRIX = [
      [404, 403, 403, 403, 403]),
     ("GET", "/api/v1/tenants/{tenant}/limits", None, [200, 200, 200, 200, 404]),
     ("PUT", "/api/v1/tenants/{tenant}/limits", {"weight": 1}, [200, 403, 403, 403, 403]),
+    ("POST", "/api/v1/tenants/{tenant}/tokens", {"name": "x", "role": "viewer"}, [201, 201, 403, 403, 404]),
+    ("GET", "/api/v1/tenants/{tenant}/tokens", None, [200, 200, 403, 403, 404]),
+    ("DELETE", "/api/v1/tenants/{tenant}/tokens/00000000-0000-0000-0000-000000000000", None,
+     [404, 404, 403, 403, 404]),
 ]
 
 
@@ -79,3 +83,21 @@ def test_tokens_carry_a_valid_role_and_may_expire(stack, api):
     fresh = stack.call(catalog.create_token("acme-x", "x", "viewer", timedelta(hours=1)))
     assert stack.call(catalog.verify_token(fresh)).role == "viewer"
     assert len(fresh) >= 43  # 32 random bytes, URL-safe
+
+
+def test_a_tenant_admin_manages_its_own_tokens(world, stack):
+    owner = world["who"]["tenant-admin"]
+    tenant = world["tenant"]
+    made = owner.post(f"/api/v1/tenants/{tenant}/tokens", json={"name": "ci", "role": "member",
+                                                               "expires_in_seconds": 3600})
+    assert made.status_code == 201, made.text
+    body = made.json()
+    assert body["role"] == "member" and body["expires_at"] and len(body["token"]) >= 43
+    member = Api(owner.base_url, body["token"])
+    assert member.post("/api/v1/runs", json={"dag": DAG}).status_code == 201
+    listed = owner.get(f"/api/v1/tenants/{tenant}/tokens").json()["items"]
+    assert any(t["id"] == body["id"] for t in listed) and all("token" not in t for t in listed)
+    r = owner.post(f"/api/v1/tenants/{tenant}/tokens", json={"name": "x", "role": "admin"})
+    assert r.status_code == 422 and r.json()["errors"][0]["path"] == "role"
+    assert owner.delete(f"/api/v1/tenants/{tenant}/tokens/{body['id']}").status_code == 204
+    assert stack.call(stack.stack.catalog.verify_token(body["token"])) is None  # revoked

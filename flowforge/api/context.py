@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from flowforge.domain import spec
@@ -19,6 +19,13 @@ class Catalog(Protocol):
     async def tenant_limits(self, tenant: str) -> dict[str, Any]: ...
 
     async def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float) -> dict[str, Any]: ...
+
+    async def issue_token(self, tenant: str, name: str, role: str | None = None,
+                          expires_in: timedelta | None = None, *, create_tenant: bool = False) -> dict[str, Any]: ...
+
+    async def list_tokens(self, tenant: str) -> list[dict[str, Any]]: ...
+
+    async def revoke_token_id(self, tenant: str, token_id: str) -> None: ...
 
     async def put_version(self, tenant: str, project: str, dag: spec.DagSpec, *, template: bool,
                           create_only: bool = False) -> DagVersion: ...

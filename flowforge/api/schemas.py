@@ -190,3 +190,28 @@ class TenantLimits(BaseModel):
 class TenantLimitsIn(_In):
     max_running_tasks: int | None = Field(None, ge=1, le=1_000_000, description="null: no limit.")
     weight: float = Field(1.0, gt=0, le=1000)
+
+
+class TokenIn(_In):
+    name: str = Field(..., min_length=1, max_length=200, description="A label to recognise the token by.")
+    role: Literal["admin", "tenant-admin", "member", "viewer"] = Field(
+        "member", description="admin exists in the operator's tenant only.")
+    expires_in_seconds: int | None = Field(None, ge=60, le=10 * 365 * 86_400, description="null: never expires.")
+
+
+class TokenOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The token itself: shown this once, stored only as a hash.")
+
+
+class TokenList(BaseModel):
+    items: list[TokenOut]

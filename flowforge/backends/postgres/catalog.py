@@ -132,6 +132,42 @@ class Catalog:
             )
         return token
 
+    async def issue_token(self, tenant: str, name: str, role: str | None = None,
+                          expires_in: timedelta | None = None, *, create_tenant: bool = False) -> dict[str, Any]:
+        """Like `create_token`; returns the token with its id and expiry. The tenant must exist
+        unless `create_tenant`."""
+        async with self.engine.connect() as conn:
+            known = (await conn.execute(sa.text("SELECT 1 FROM tenants WHERE id = :t"), {"t": tenant})).first()
+        if known is None and not create_tenant:
+            raise errors.NotFound(f"tenant {tenant!r} not found")
+        token = await self.create_token(tenant, name, role, expires_in)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.text("SELECT id::text, role, created_at, expires_at FROM api_tokens WHERE token_hash = :h"),
+                {"h": hash_token(token)})).one()
+        return {"id": row[0], "tenant": tenant, "name": name, "role": row[1], "created_at": row[2],
+                "expires_at": row[3], "token": token}
+
+    async def list_tokens(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's tokens (never the secrets themselves), newest first."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.text("SELECT id::text AS id, name, role, created_at, expires_at, revoked_at FROM api_tokens "
+                        "WHERE tenant_id = :t ORDER BY created_at DESC LIMIT 1000"), {"t": tenant})).mappings().all()
+        return [dict(r, tenant=tenant) for r in rows]
+
+    async def revoke_token_id(self, tenant: str, token_id: str) -> None:
+        try:
+            token_id = str(uuid.UUID(token_id))
+        except ValueError:
+            raise errors.NotFound(f"token {token_id!r} not found") from None
+        async with self.engine.begin() as conn:
+            found = await conn.execute(
+                sa.text("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) "
+                        "WHERE id = CAST(:id AS uuid) AND tenant_id = :t"), {"id": token_id, "t": tenant})
+        if not found.rowcount:
+            raise errors.NotFound(f"token {token_id!r} not found")
+
     async def verify_token(self, token: str) -> Principal | None:
         async with self.engine.connect() as conn:
             row = (
