@@ -253,7 +253,6 @@ class KubernetesPodRuntime:
         self._watch_thread: threading.Thread | None = None
         self._closed = threading.Event()
         self._watcher: Any = None
-        self._synced = threading.Event()
 
     # -- the watch ------------------------------------------------------------------------
 
@@ -275,7 +274,6 @@ class KubernetesPodRuntime:
                     version = listed.metadata.resource_version
                     for item in listed.items:
                         self._publish("MODIFIED", self._json(item))
-                    self._synced.set()
                 self._watcher = watch.Watch()
                 for event in self._watcher.stream(self.api.list_namespaced_pod, self.opts.namespace,
                                                   label_selector=MANAGED, resource_version=version,
@@ -318,10 +316,14 @@ class KubernetesPodRuntime:
         name = (pod.get("metadata") or {}).get("name")
         if not name:
             return
+        event = self._changed.get(name)
+        if kind == "DELETED" and event is None:  # gone, and nobody follows it: forget it
+            self._pods.pop(name, None)
+            self._deleted.discard(name)
+            return
         if kind == "DELETED":
             self._deleted.add(name)
         self._pods[name] = pod
-        event = self._changed.get(name)
         if event is not None:
             event.set()
 
@@ -349,6 +351,9 @@ class KubernetesPodRuntime:
         finally:
             self._changed.pop(name, None)
             self._stopping.discard(name)
+            if name in self._deleted:  # the cache keeps only Pods that still exist
+                self._pods.pop(name, None)
+                self._deleted.discard(name)
             if self.opts.ttl_s <= 0:
                 await self._delete(name, 0)
 

@@ -72,7 +72,7 @@ def per_group(pool: PoolConfig, nodes: Iterable[Node]) -> dict[str, int]:
         try:
             n = pool.agents_per_node if text is None else parse_annotation(text).get(pool.name, pool.agents_per_node)
         except ValueError:
-            n = 0  # a broken annotation hosts nothing; `problems` reports it
+            n = 0  # a broken annotation (hand-edited: `annotate` writes only valid ones) hosts nothing
         out[group] = out.get(group, 0) + n
     return out
 
@@ -122,16 +122,3 @@ def desired(pool: PoolConfig, nodes: Iterable[Node], *, current: int = 0, backlo
     if total > base and groups:  # the extra agents go where the pool already lives
         groups = clamp(groups, total, total)
     return groups
-
-
-def problems(nodes: Iterable[Node]) -> list[str]:
-    """What is wrong with the nodes' annotations, for the operator."""
-    found = []
-    for node in nodes:
-        text = node.annotations.get(ANNOTATION)
-        if text is not None:
-            try:
-                parse_annotation(text)
-            except ValueError as exc:
-                found.append(f"node {node.name}: {exc}")
-    return found

@@ -3,6 +3,7 @@ pool streams' pending entries, and node annotations (through the node source).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -110,8 +111,6 @@ class PublishedCapacity:
         self._ready = ready
 
     async def start(self) -> None:
-        import asyncio
-
         await self.refresh()
 
         async def loop() -> None:

@@ -104,6 +104,17 @@ class TaskSpec(_Strict):
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
 
 
+def secret_values(names: list[str], params: dict[str, Any]) -> list[str]:
+    """The values of the secret params `names`, as they would appear in text (values shorter
+    than 4 characters are not scrubbed: replacing them everywhere would garble the text)."""
+    found = []
+    for name in names:
+        value = params.get(name)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) >= 4:
+            found.append(str(value))
+    return found
+
+
 class DagSpec(_Strict):
     name: str = Field(..., pattern=NAME_PATTERN)
     description: str = Field("", max_length=4_000)
@@ -115,13 +126,7 @@ class DagSpec(_Strict):
     tasks: list[TaskSpec] = Field(..., min_length=1)
 
     def secrets(self, params: dict[str, Any]) -> list[str]:
-        """The secret values of a run with these params, as they would appear in text."""
-        found = []
-        for name in self.secret_params:
-            value = params.get(name)
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) >= 4:
-                found.append(str(value))
-        return found
+        return secret_values(self.secret_params, params)
 
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:

@@ -148,9 +148,6 @@ class Scheduler:
         limit = self._max_running.get(tenant)
         return limit is None or self._running.get(tenant, 0) < limit
 
-    def held_by_quota(self, tenant: str) -> bool:
-        return not self._under_quota(tenant)
-
     def take(self, still_wanted: Callable[[Ready], bool], now: float = 0.0) -> Iterator[Ready]:
         """Yield the ready attempts to dispatch now, marking them in flight."""
         for name, pool in self._pools.items():

@@ -54,7 +54,7 @@ def _conceal(run: dict[str, Any]) -> dict[str, Any]:
     if not names:
         return run
     params = run.get("params") or {}
-    secrets = spec.DagSpec.model_construct(secret_params=names).secrets(params)
+    secrets = spec.secret_values(names, params)
     run["params"] = {k: ("***" if k in names else v) for k, v in params.items()}
     return _scrub(run, secrets) if secrets else run
 
