@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 from typing import Any
@@ -12,6 +11,7 @@ import ray
 import structlog
 
 from agents import worker
+from flowforge import servicelog
 
 log = structlog.get_logger("flowforge.pools")
 
@@ -38,8 +38,7 @@ class AgentActor:
     def __init__(self, config: dict[str, Any]) -> None:
         config = dict(config)
         level = config.pop("log_level", "info")
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(
-            getattr(logging, str(level).upper(), logging.INFO)))
+        servicelog.configure(str(level), str(config.pop("log_format", "console")))
         self.loop = _new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ff-agent", daemon=True)
         self.thread.start()

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -35,8 +35,10 @@ class Launcher(worker.Agent):
     def __init__(self, config: worker.AgentConfig, runtime: pods.PodRuntime, *,
                  allowed: Mapping[str, Sequence[str]], stop_grace_s: float = 10.0,
                  fn_command: Sequence[str] = (sys.executable, "-m", "agents.podrun"),
-                 fn_image: str | None = None) -> None:
+                 fn_image: str | None = None, on_startup: Callable[[float], None] | None = None) -> None:
+        """`on_startup` is told each Pod's startup seconds (created to running): a metric."""
         super().__init__(config)
+        self.on_startup = on_startup
         self.runtime = runtime
         self.allowed = allowed  # pool -> the module globs its tasks' functions may come from
         self.stop_grace_s = stop_grace_s
@@ -118,6 +120,8 @@ class Launcher(worker.Agent):
             self._pods.pop(a.ident, None)
         if outcome.startup_s is not None:
             self.latency["start"].append(outcome.startup_s)
+            if self.on_startup is not None:
+                self.on_startup(outcome.startup_s)
             a.began = created + outcome.startup_s
             cap.write("system", f"{request.name} started in {outcome.startup_s:.3f}s\n")
         return self._result(a, outcome, cap, python=bool(env.get("fn")))

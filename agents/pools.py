@@ -88,7 +88,8 @@ class PoolConfig(BaseModel):
         cpu = Decimal(str(self.resources.cpu)) / self.slots_per_agent if self.resources.cpu else Decimal(1)
         memory = (routing.quantity(self.resources.memory) / self.slots_per_agent
                   if self.resources.memory else Decimal(2**30))
-        return routing.SlotShape(self.capacity, cpu, memory)
+        gpu = Decimal(str(self.resources.gpu)) / self.slots_per_agent
+        return routing.SlotShape(self.capacity, cpu, memory, gpu)
 
 
 class PoolConfigError(ValueError):

@@ -34,6 +34,9 @@ from flowforge import keys, sdk, wire
 log = structlog.get_logger("flowforge.agent")
 _LUA = Path(__file__).parent / "lua"
 _MAX_ERROR = 16_384
+# A run's line counter outlives its live stream by far: a run that prints again after a long
+# silence must go on numbering where it was, not restart at 1.
+_COUNTER_TTL_MS = 30 * 86_400_000
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # a JSON-escaped NUL, not an escaped backslash
 
 
@@ -64,7 +67,25 @@ class AgentConfig:
     # An attempt announces it started only if it is still running after this long; quicker
     # ones report start and end in their result, saving the coordinator a write per task.
     started_delay_s: float = 0.05
+    # Output lines go to the run's live log at least this often, in chunks of at most
+    # `log_chunk_lines`; the live stream keeps about `live_log_entries` chunks for
+    # `live_log_ttl_s` after its last line; results carry the last `log_tail_lines` lines.
+    log_flush_s: float = 0.1
+    log_chunk_lines: int = 1000
+    live_log_entries: int = 10_000
+    live_log_ttl_s: float = 86_400.0
+    log_tail_lines: int = 100
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+@dataclass(frozen=True)
+class _LogChunk:
+    """Output lines of one attempt, on their way to the run's live log."""
+
+    tenant: str
+    run: str
+    n: int
+    payload: bytes  # msgpack: {"task", "attempt", "lines": [[unix time, stream, text], ...]}
 
 
 @dataclass
@@ -78,6 +99,7 @@ class _Attempt:
     # A sync function that ignored its timeout or cancel: its thread holds the slot until it ends.
     stuck: asyncio.Future[Any] | None = None
     began: float | None = None  # when the task's code started, if a runner knows better (a Pod)
+    cap: capture.Capture | None = None  # its output, while it runs
 
     @property
     def ident(self) -> tuple[str, str, int]:
@@ -95,7 +117,8 @@ class Agent:
         self._inflight: dict[tuple[str, str, int], _Attempt] = {}
         self._waiting: deque[_Attempt] = deque()
         self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
-        self._outbox: asyncio.Queue[tuple[int, bytes | None, bytes]] = asyncio.Queue()
+        # (partition, dispatch entry id or None, result/event envelope or output lines)
+        self._outbox: asyncio.Queue[tuple[int, bytes | None, bytes | _LogChunk]] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=config.slots * 2, thread_name_prefix="ff-slot")
@@ -114,6 +137,8 @@ class Agent:
         self.client = aioredis.Redis.from_url(self.config.redis_url, decode_responses=False)
         self._finish_src = (_LUA / "finish.lua").read_text()
         self._finish_sha = await self.client.script_load(self._finish_src)
+        self._log_src = (_LUA / "log_append.lua").read_text()
+        self._log_sha = await self.client.script_load(self._log_src)
         self._reclaim = self.client.register_script((_LUA / "reclaim.lua").read_text())
         for p in range(self.config.partitions):
             await self._ensure_group(p)
@@ -123,6 +148,7 @@ class Agent:
             asyncio.create_task(self._keep_leases(), name="leases"),
             asyncio.create_task(self._reclaim_loop(), name="reclaim"),
             asyncio.create_task(self._listen_cancels(), name="cancels"),
+            asyncio.create_task(self._ship_logs(), name="logs"),
             asyncio.create_task(self._broken.wait(), name="stuck slots"),
         ]
         log.info("agent.started", agent=self.name, pool=self.config.pool, slots=self.config.slots)
@@ -256,7 +282,9 @@ class Agent:
             cap = capture.Capture(
                 max_line_bytes=self.config.max_log_line_bytes, max_lines=self.config.max_log_lines,
                 max_bytes=self.config.max_log_bytes, redact=tuple(env.get("redact") or ()),
+                tail=self.config.log_tail_lines,
             )
+            a.cap = cap
             try:
                 output = await self._call(a, cap)
                 event.update(ok=True, output=output)
@@ -285,7 +313,27 @@ class Agent:
                     event["error"] = event["error"].replace(secret, "***")
             if a.began is not None:
                 event["started_at"] = a.began
+            self._ship(a)  # every line reaches the live log before the result
+            a.cap = None
             self._outbox.put_nowait((a.partition, a.entry_id, _pack_result(event)))
+
+    async def _ship_logs(self) -> None:
+        """Send what running attempts printed since the last round to their runs' live logs."""
+        while True:
+            await asyncio.sleep(self.config.log_flush_s)
+            for a in list(self._inflight.values()):
+                self._ship(a)
+
+    def _ship(self, a: _Attempt) -> None:
+        if a.cap is None:
+            return
+        lines = a.cap.take()
+        step = self.config.log_chunk_lines
+        for i in range(0, len(lines), step):
+            part = [[t, stream, _clean(text)] for t, stream, text in lines[i:i + step]]
+            payload = msgpack.packb({"task": a.env["task"], "attempt": a.env["attempt"], "lines": part})
+            chunk = _LogChunk(a.env.get("tenant") or "", a.env["run"], len(part), payload)
+            self._outbox.put_nowait((a.partition, None, chunk))
 
     def _announce(self, partition: int, event: dict[str, Any]) -> None:
         started = {k: event[k] for k in ("tenant", "run", "task", "attempt", "agent")}
@@ -329,7 +377,7 @@ class Agent:
         taken until it ends, and give up the process once no slot is left."""
         a.stuck = future
         self.stuck += 1
-        log.warning("agent.attempt_ignores_stop", agent=self.name, attempt=a.ident, stuck=self.stuck)
+        log.warning("agent.attempt_ignores_stop", agent=self.name, **_context(a.ident), stuck=self.stuck)
 
         def ended(_: Any) -> None:
             self.stuck -= 1
@@ -382,6 +430,7 @@ class Agent:
                     break
                 except rexc.NoScriptError:  # Redis restarted or flushed its scripts
                     self._finish_sha = await self.client.script_load(self._finish_src)
+                    self._log_sha = await self.client.script_load(self._log_src)
                 except (rexc.ConnectionError, rexc.TimeoutError) as exc:
                     _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                     log.warning("agent.publish_retry", agent=self.name, error=str(exc))
@@ -390,12 +439,21 @@ class Agent:
                 if entry_id is not None:
                     self._done(partition, entry_id)
 
-    async def _flush(self, items: list[tuple[int, bytes | None, bytes]]) -> None:
+    async def _flush(self, items: list[tuple[int, bytes | None, bytes | _LogChunk]]) -> None:
         assert self.client is not None
         finished: dict[int, list[bytes]] = {}
+        c = self.config
+        live_ttl_ms = int(c.live_log_ttl_s * 1000)
         async with self.client.pipeline(transaction=False) as pipe:
+            # In outbox order, and results last: an attempt's lines are in its run's live log
+            # before its result can end the run.
             for partition, entry_id, payload in items:
-                if entry_id is None:
+                if isinstance(payload, _LogChunk):
+                    pipe.evalsha(self._log_sha, 3, keys.run_log(partition, payload.run),
+                                 keys.run_log_count(partition, payload.run), keys.log_ingest(partition),
+                                 payload.n, payload.payload, payload.run, payload.tenant,
+                                 c.live_log_entries, live_ttl_ms, max(live_ttl_ms, _COUNTER_TTL_MS))
+                elif entry_id is None:
                     pipe.xadd(keys.events(partition), {keys.ENTRY_FIELD: payload})
                 elif payload:
                     finished.setdefault(partition, []).extend((entry_id, payload))
@@ -451,8 +509,9 @@ class Agent:
                 try:
                     entries = await self._reclaim(
                         keys=[keys.pool_stream(p, self.config.pool), keys.dead_letter(p, self.config.pool),
-                              keys.events(p)],
-                        args=[keys.AGENT_GROUP, self.name, lease_ms, self.free, self.config.max_deliveries, 10_000],
+                              keys.events(p), keys.reclaim_counts(p)],
+                        args=[keys.AGENT_GROUP, self.name, lease_ms, self.free, self.config.max_deliveries, 10_000,
+                              self.config.pool],
                     )
                 except (rexc.ConnectionError, rexc.TimeoutError, rexc.ResponseError) as exc:
                     _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
@@ -460,8 +519,10 @@ class Agent:
                     continue
                 for entry_id, flat in entries:
                     fields = dict(zip(flat[::2], flat[1::2]))
-                    log.info("agent.reclaimed", agent=self.name, entry=entry_id)
                     self._begin(p, entry_id, fields)
+                    a = next((x for x in self._inflight.values() if x.entry_id == entry_id and x.partition == p), None)
+                    log.info("agent.reclaimed", agent=self.name, pool=self.config.pool, entry=entry_id,
+                             **(_context(a.ident) if a is not None else {}))
             await asyncio.sleep(self.config.lease_s / 2)
 
     async def _listen_cancels(self) -> None:
@@ -496,7 +557,7 @@ class Agent:
                         self._cancelled.popitem(last=False)
                     a = self._inflight.get(ident)  # type: ignore[arg-type]
                     if a is not None:
-                        log.info("agent.cancelling", agent=self.name, attempt=ident)
+                        log.info("agent.cancelling", agent=self.name, **_context(a.ident))
                         self._stop_attempt(a, wire.FAIL_CANCELLED)
         finally:
             try:
@@ -512,6 +573,11 @@ def _reraise_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _context(ident: tuple[str, str, int]) -> dict[str, Any]:
+    """An attempt's run, task and attempt number, for a log line about it."""
+    return {"run": ident[0], "task": ident[1], "attempt": ident[2]}
 
 
 def _interrupt_message(reason: str, env: dict[str, Any]) -> str:

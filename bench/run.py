@@ -40,6 +40,10 @@ Scenarios (identical semantics everywhere):
 * ``fairness`` (FlowForge only): tenant A submits 5,000 no-op tasks, then tenant
   B submits 50; ``b_slowdown`` = B's completion time under A's flood / B's time
   alone (target <= 1.5), and ``b_slowdown_fifo`` the same with fair share off.
+* ``log_ingest`` (FlowForge only): 200,000 captured output lines (50 runs, ~90
+  bytes each) written to a log store in batches of 2,000, one batch after
+  another, as the log writer sends them; ``postgres_lines_per_s`` and
+  ``chdb_lines_per_s`` (chDB: the ClickHouse store in-process), medians of 3.
 
 Results file: ``{"<scenario>": {"<system>": {"<metric>": <number>}}}``.  Every
 scenario run now is *replaced* by this run's figures (so one scenario never
@@ -67,7 +71,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REF = "flowforge"
 DEFAULT_SYSTEMS = ("flowforge", "celery", "ray")
-DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit", "warm_vs_cold", "scale_up", "first_call", "fairness")
+DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit", "warm_vs_cold", "scale_up", "first_call", "fairness",
+                     "log_ingest")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 # (scenario, metric, op, threshold) checked for FlowForge.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -63,6 +65,31 @@ def _seg(value: str) -> str:
     return seg.replace(".", "%2E") if set(seg) == {"."} else seg
 
 
+def _project(project: str | None) -> dict[str, str]:
+    return {} if project is None else {"project": project}
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
+    """(event, data, id) of each Server-Sent Event in a stream's lines; comments are skipped."""
+    event, data, ident = "message", [], None
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data), ident
+            event, data, ident = "message", [], None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id":
+            ident = value
+
+
 def _same_server(a: str, b: str) -> bool:
     def norm(u: str) -> tuple[str, str, int | None]:
         parts = urlsplit(u.rstrip("/"))
@@ -115,18 +142,24 @@ class Client:
             raise ApiError(None, None, f"cannot reach FlowForge at {self.url} ({exc.__class__.__name__}): "
                                        "is `flowforge up` (or `flowforge api`) running?") from None
         if r.status_code >= 400:
-            try:
-                problem = r.json()
-            except ValueError:
-                problem = {"detail": r.text[:500]}
-            raise ApiError(r.status_code, problem if isinstance(problem, dict) else {"detail": str(problem)})
+            self._raise(r)
         return r
+
+    @staticmethod
+    def _raise(r: httpx.Response) -> None:
+        try:
+            problem = r.json()
+        except ValueError:
+            problem = {"detail": r.text[:500]}
+        raise ApiError(r.status_code, problem if isinstance(problem, dict) else {"detail": str(problem)})
 
     # ---- runs ----------------------------------------------------------------------------
 
     def submit(self, dag: dict[str, Any] | None = None, *, name: str | None = None, version: int | None = None,
-               params: dict[str, Any] | None = None) -> dict[str, Any]:
+               params: dict[str, Any] | None = None, project: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"params": params or {}}
+        if project is not None:
+            body["project"] = project
         if dag is not None:
             body["dag"] = dag
         else:
@@ -147,24 +180,62 @@ class Client:
     def retry(self, run_id: str) -> dict[str, Any]:
         return self._call("POST", f"/api/v1/runs/{_seg(run_id)}/retry").json()
 
+    # ---- logs ----------------------------------------------------------------------------
+
+    def logs(self, run_id: str, *, task: str | None = None, attempt: int | None = None, after: int = 0,
+             limit: int = 1000) -> dict[str, Any]:
+        params = {"after": after, "limit": limit, **({"task": task} if task else {}),
+                  **({"attempt": attempt} if attempt else {})}
+        return self._call("GET", f"/api/v1/runs/{_seg(run_id)}/logs", params=params).json()
+
+    def follow_logs(self, run_id: str, *, task: str | None = None, attempt: int | None = None,
+                    after: int = 0, retries: int = 5) -> Iterator[dict[str, Any]]:
+        """Every line from `after` on as it comes, until the run ends (the last item is
+        `{"end": status}`). A dropped connection is resumed where it stopped (Last-Event-ID)."""
+        params = {"follow": "true", **({"task": task} if task else {}), **({"attempt": attempt} if attempt else {})}
+        last, failures = after, 0
+        while True:
+            try:
+                with self.http.stream("GET", f"/api/v1/runs/{_seg(run_id)}/logs", params=params, timeout=None,
+                                      headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"}) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        self._raise(r)
+                    for event, data, _id in sse_events(r.iter_lines()):
+                        failures = 0
+                        if event == "line":
+                            line = _json.loads(data)
+                            last = line["pos"]
+                            yield line
+                        elif event == "end":
+                            yield {"end": _json.loads(data).get("status")}
+                            return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > retries:
+                    raise ApiError(None, None, f"lost the log stream from {self.url} ({exc.__class__.__name__})") from None
+                time.sleep(min(5.0, 0.2 * 2 ** failures))
+
     # ---- DAG templates -------------------------------------------------------------------
 
-    def push_dag(self, dag: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def push_dag(self, dag: dict[str, Any], *, project: str | None = None) -> tuple[dict[str, Any], bool]:
         """Store `dag` as a template (a new version if it changed); return it and whether it is new."""
         name = dag.get("name")
         if not isinstance(name, str) or not name:
             raise ApiError(None, None, "the DAG has no `name`; add one, it names the template")
-        r = self._call("PUT", f"/api/v1/dags/{_seg(name)}", json=dag)
+        r = self._call("PUT", f"/api/v1/dags/{_seg(name)}", json=dag, params=_project(project))
         return r.json(), r.status_code == 201
 
-    def dags(self, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
-        return self._call("GET", "/api/v1/dags", params={"limit": limit, **({"cursor": cursor} if cursor else {})}).json()
+    def dags(self, *, limit: int = 100, cursor: str | None = None, project: str | None = None) -> dict[str, Any]:
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {}), **_project(project)}
+        return self._call("GET", "/api/v1/dags", params=params).json()
 
-    def dag(self, name: str, version: int | None = None) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/dags/{_seg(name)}", params={"version": version} if version else {}).json()
+    def dag(self, name: str, version: int | None = None, *, project: str | None = None) -> dict[str, Any]:
+        params = {**({"version": version} if version else {}), **_project(project)}
+        return self._call("GET", f"/api/v1/dags/{_seg(name)}", params=params).json()
 
-    def delete_dag(self, name: str) -> None:
-        self._call("DELETE", f"/api/v1/dags/{_seg(name)}")
+    def delete_dag(self, name: str, *, project: str | None = None) -> None:
+        self._call("DELETE", f"/api/v1/dags/{_seg(name)}", params=_project(project))
 
     # ---- pools ---------------------------------------------------------------------------
 
@@ -179,9 +250,42 @@ class Client:
     def tenant_limits(self, tenant: str) -> dict[str, Any]:
         return self._call("GET", f"/api/v1/tenants/{_seg(tenant)}/limits").json()
 
-    def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float) -> dict[str, Any]:
-        body = {"max_running_tasks": max_running_tasks, "weight": weight}
+    def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float,
+                          **quotas: Any) -> dict[str, Any]:
+        """Replace the tenant's limits: those not given in `quotas` (max_cpu, max_memory,
+        max_gpu, max_active_runs, max_dag_tasks) are removed."""
+        body = {"max_running_tasks": max_running_tasks, "weight": weight, **quotas}
         return self._call("PUT", f"/api/v1/tenants/{_seg(tenant)}/limits", json=body).json()
+
+    def project_limits(self, tenant: str, project: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/v1/tenants/{_seg(tenant)}/projects/{_seg(project)}/limits").json()
+
+    def set_project_limits(self, tenant: str, project: str, **quotas: Any) -> dict[str, Any]:
+        """Replace the project's limits: those not given are removed (the tenant's still apply)."""
+        return self._call("PUT", f"/api/v1/tenants/{_seg(tenant)}/projects/{_seg(project)}/limits",
+                          json=quotas).json()
+
+    def create_tenant(self, tenant: str, name: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/api/v1/tenants", json={"id": tenant, **({"name": name} if name else {})}).json()
+
+    def tenants(self, *, limit: int = 500, cursor: str | None = None) -> dict[str, Any]:
+        return self._call("GET", "/api/v1/tenants", params={"limit": limit, **({"cursor": cursor} if cursor else {})}).json()
+
+    # ---- projects ------------------------------------------------------------------------
+
+    def create_project(self, tenant: str, project: str, name: str | None = None) -> dict[str, Any]:
+        body = {"id": project, **({"name": name} if name else {})}
+        return self._call("POST", f"/api/v1/tenants/{_seg(tenant)}/projects", json=body).json()
+
+    def projects(self, tenant: str, *, limit: int = 500, cursor: str | None = None) -> dict[str, Any]:
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self._call("GET", f"/api/v1/tenants/{_seg(tenant)}/projects", params=params).json()
+
+    def project(self, tenant: str, project: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/v1/tenants/{_seg(tenant)}/projects/{_seg(project)}").json()
+
+    def delete_project(self, tenant: str, project: str) -> None:
+        self._call("DELETE", f"/api/v1/tenants/{_seg(tenant)}/projects/{_seg(project)}")
 
     def ready(self) -> dict[str, Any]:
         return self._call("GET", "/readyz").json()

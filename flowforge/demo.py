@@ -66,7 +66,8 @@ def run_demo(root: Path, console: Console | None = None, *, port: int = 0) -> bo
             runs[name] = created["id"]
             console.print(f"  POST /api/v1/runs  {name:<18} -> 201 run {created['id']}")
         finished = _follow(api, runs, console)
-        return _report(finished, console)
+        ok = _report(finished, console)
+        return _show_logs(api, runs, console) and ok
     finally:
         console.print("shutting down…")
         bg.stop()
@@ -86,6 +87,21 @@ def _follow(api: client_mod.Client, runs: dict[str, str], console: Console) -> d
             if all(r["status"] in TERMINAL for r in state.values()) or time.monotonic() > deadline:
                 return state
             time.sleep(0.15)
+
+
+def _show_logs(api: client_mod.Client, runs: dict[str, str], console: Console) -> bool:
+    """Replay one run's output the way `flowforge logs -f` follows it: over SSE, to its end."""
+    name = "mixed" if "mixed" in runs else next(iter(runs))
+    console.print(f"GET /api/v1/runs/{runs[name]}/logs?follow=true  ({name}, text/event-stream):")
+    ended = None
+    for line in api.follow_logs(runs[name]):
+        if "end" in line:
+            ended = line["end"]
+            break
+        console.print(f"  {line['task']}#{line['attempt']} {line['stream']}: {line['line']}", markup=False,
+                      highlight=False)
+    console.print(f"  event: end ({ended})")
+    return ended is not None
 
 
 def _progress(state: dict[str, dict]) -> Table:

@@ -38,5 +38,17 @@ class Conflict(PermanentError):
     pass
 
 
+class QuotaExceeded(PermanentError):
+    """A submission past a hard quota (active runs, DAG size): names the limit (`field`), what
+    was counted and how to fix it; worth retrying after `retry_after` seconds."""
+
+    def __init__(self, field: str, message: str, hint: str, *, retry_after: float) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.hint = hint
+        self.retry_after = retry_after
+
+
 class ConfigError(PermanentError):
     pass

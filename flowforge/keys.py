@@ -34,7 +34,45 @@ def dead_letter(partition: int, pool: str) -> str:
     return f"{PREFIX}:{{p{partition}}}:dlq:{pool}"
 
 
+def reclaim_counts(partition: int) -> str:
+    """A hash of counters the reclaim script keeps: `reclaimed:<pool>` (entries taken over from
+    an agent that went silent) and `dead_lettered:<pool>`. Exported as metrics; never trimmed
+    (a field per pool)."""
+    return f"{PREFIX}:{{p{partition}}}:reclaims"
+
+
 # The embedded node's `flowforge.io/agent-pools` annotation (Kubernetes keeps real nodes' own).
 LOCAL_NODE_ANNOTATION = f"{PREFIX}:nodes:local:agent-pools"
 # What the pool manager last saw of each pool: a hash, pool -> JSON (desired, ready, busy, ...).
 POOL_STATUS = f"{PREFIX}:pools:status"
+
+
+def quota_waits(partition: int) -> str:
+    """A hash of why queued attempts of the partition wait for a quota: lane -> reason (with a TTL)."""
+    return f"{PREFIX}:{{p{partition}}}:quota-waits"
+
+
+def quota_wait_field(pool: str, tenant: str, project: str) -> str:
+    """A lane of `quota_waits`: the attempts of one project of a tenant bound for one pool."""
+    return f"{pool}|{tenant}|{project}"
+
+
+# Task output. Each run has a live stream of its lines, in chunks (bounded, expiring) and a
+# counter that numbers them; every chunk is also appended to the partition's ingest stream,
+# which the log writers persist to the LogStore.
+LOG_GROUP = "log-writers"
+
+
+def run_log(partition: int, run_id: str) -> str:
+    return f"{PREFIX}:{{p{partition}}}:log:{run_id}"
+
+
+def run_log_count(partition: int, run_id: str) -> str:
+    return f"{PREFIX}:{{p{partition}}}:log:{run_id}:n"
+
+
+def log_ingest(partition: int) -> str:
+    return f"{PREFIX}:{{p{partition}}}:logs"
+
+
+TICKET_KEY = f"{PREFIX}:api:ticket-key"  # signs log-stream tickets, when api.ticket_secret is unset

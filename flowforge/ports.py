@@ -73,6 +73,17 @@ class LoadedRun:
 
 
 @dataclass(frozen=True)
+class Quotas:
+    """Every tenant's limits on what it has in flight, and its projects' that narrow them:
+    {limit name: value} with only the limits that are set (max_running_tasks, max_cpu in
+    millicores, max_memory in bytes, max_gpu); and each tenant's fair-share weight."""
+
+    tenants: dict[str, dict[str, int]] = field(default_factory=dict)
+    projects: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class OutboxEntry:
     id: int
     partition: int
@@ -145,6 +156,22 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
 
+class Metrics(Protocol):
+    """What the coordinator reports as attempts move (flowforge.metrics.Metrics). Called once
+    per attempt on the hot path: implementations must be cheap. `pool` is the dispatch pool."""
+
+    def dispatched(self, tenant: str, pool: str, waited_s: float) -> None:
+        """An attempt was dispatched `waited_s` after it became ready."""
+
+    def started(self, pool: str, waited_s: float) -> None:
+        """An attempt's code started `waited_s` after its dispatch."""
+
+    def finished(self, pool: str, status: str, seconds: float) -> None:
+        """An attempt that ran `seconds` ended (succeeded, failed or cancelled)."""
+
+    def run_ended(self, tenant: str, status: str) -> None: ...
+
+
 ROLES = ("admin", "tenant-admin", "member", "viewer")
 OPERATOR_TENANT = "default"  # the operator's tenant: only it holds `admin` tokens
 
@@ -156,6 +183,10 @@ class Principal:
     tenant: str
     token_id: str
     role: str
+    projects: frozenset[str] | None = None  # the projects it may see and act on; None: all of its tenant's
+
+    def sees(self, project: str) -> bool:
+        return self.projects is None or project in self.projects
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from flowforge import embedded, errors, settings as settings_mod
-from flowforge.backends import redis_streams
+from flowforge import embedded, errors, keys, metrics as metrics_mod, settings as settings_mod
+from flowforge.backends import gauges, redis_streams
 from flowforge.backends.postgres import catalog, migrate, store as pg_store
 from flowforge.domain import machine, model
 from flowforge.engine import coordinator as coordinating
@@ -112,12 +112,17 @@ class Stack:
         with_agents: bool = True,
         with_coordinator: bool = True,
         with_api: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
+        """`metrics_port`: without the API, serve this process's metrics there (on api.host)."""
         self.cfg = cfg
         self.services = services
         self.with_agents = with_agents and with_coordinator
         self.with_coordinator = with_coordinator
         self.with_api = with_api
+        self.metrics_port = metrics_port
+        self.metrics = metrics_mod.Metrics()
+        self.metrics_server: ApiServer | None = None
         self.api: ApiServer | None = None
         self.store: pg_store.PostgresStore | None = None
         self.catalog: catalog.Catalog | None = None
@@ -125,6 +130,10 @@ class Stack:
         self.manager: Any = None
         self.launcher: Any = None
         self.pool_directory: Any = None
+        self.wait_reader: Any = None
+        self.log_store: Any = None
+        self.log_writer: Any = None
+        self.api_context: Any = None
         self.published: Any = None
         self.coordinator: coordinating.Coordinator | None = None
         self.reconciler: reconciling.Reconciler | None = None
@@ -141,6 +150,8 @@ class Stack:
         self.store = pg_store.PostgresStore.connect(self.services.database_url, pool_size=cfg.database.pool_size)
         self.catalog = catalog.Catalog(self.store.engine)
         self.queue = redis_streams.RedisQueue.connect(self.services.redis_url)
+        self.log_store = open_log_store(cfg, self.services.database_url)
+        await self.log_store.start()
         await self.queue.ping()
         pool_cfgs = pooling.load_dir(Path(cfg.agents.pool_config_dir))
         c = cfg.coordinator
@@ -151,6 +162,9 @@ class Stack:
         heavy = cfg.pods.runtime != "none"
         streams = [*pool_cfgs, *([model.HEAVY_POOL] if heavy else [])]
         await self.queue.ensure_groups(parts, streams)
+        if self.with_coordinator:  # the state of the partitions it owns: summed over coordinators, exact
+            self.metrics.reader = gauges.StateReader(self.queue.client, self.store.engine, parts, streams,
+                                                     agents=self.with_agents and 0 in parts)
         self.submitter = submission.Submitter(
             self.store, self.catalog, self.queue, partitions=c.partitions, limits=cfg.limits,
             pools={name: p.shape() for name, p in pool_cfgs.items()}, heavy=heavy,
@@ -162,10 +176,20 @@ class Stack:
             from flowforge.backends.pools import PoolDirectory
 
             self.pool_directory = PoolDirectory(self.services.redis_url, pool_cfgs, self.node_source(), c.partitions)
+            from flowforge.backends.waits import WaitReader
+
+            self.wait_reader = WaitReader(self.services.redis_url, c.partitions)
+            from flowforge.logs.tail import LogTail
+
             ctx = ApiContext(self.catalog, self.submitter, self.readiness, pools=self.pool_directory,
                              token_cache_s=cfg.api.token_cache.total_seconds(), rate_per_s=cfg.api.rate_limit,
-                             rate_burst=cfg.api.rate_burst)
-            self.api = ApiServer(create_app(ctx, max_body_bytes=cfg.api.max_body_bytes), cfg.api.host, cfg.api.port)
+                             rate_burst=cfg.api.rate_burst, waits=self.wait_reader,
+                             logs=LogTail(self.queue.client, self.log_store, c.partitions),
+                             ticket_key=await ticket_key(cfg, self.queue.client),
+                             ticket_ttl_s=cfg.api.ticket_ttl.total_seconds())
+            self.api_context = ctx
+            self.api = ApiServer(create_app(ctx, max_body_bytes=cfg.api.max_body_bytes, metrics=self.metrics),
+                                 cfg.api.host, cfg.api.port)
             await self.api.start()
         if not self.with_coordinator:
             log.info("stack.started", api=self.api.url if self.api else None, coordinator=False)
@@ -198,6 +222,9 @@ class Stack:
                     "max_log_lines": cfg.agents.max_log_lines,
                     "max_log_bytes": cfg.agents.max_log_bytes,
                     "log_level": cfg.logging.level,
+                    "log_format": cfg.logging.format,
+                    "live_log_entries": cfg.logging.live_max_chunks,
+                    "live_log_ttl_s": cfg.logging.live_ttl.total_seconds(),
                 },
             )
             await self.manager.start()
@@ -216,6 +243,8 @@ class Stack:
             queue=self.queue,
             clock=coordinating.SystemClock(),
             capacity=capacity,
+            shapes={name: p.shape() for name, p in pool_cfgs.items()},
+            metrics=self.metrics,
             options=coordinating.Options(
                 partitions=parts,
                 batch_size=c.batch_size,
@@ -239,13 +268,40 @@ class Stack:
             ),
         )
         await self.reconciler.sweep()  # adopt what a previous coordinator left behind
+        from flowforge.logs.writer import LogWriter
+
+        self.log_writer = LogWriter(self.queue.client, self.log_store, parts)
+        if 0 in parts:  # one retention worker per deployment
+            from flowforge.logs.retention import RetentionWorker
+
+            retention = RetentionWorker(self.log_store, days=cfg.logging.retention_days,
+                                        clock=coordinating.SystemClock())
+            self._jobs.append(asyncio.create_task(retention.run_forever(), name="log retention"))
         self._jobs += [
+            asyncio.create_task(self.log_writer.run_forever(), name="log writer"),
             asyncio.create_task(self.coordinator.run_forever(), name="coordinator"),
             asyncio.create_task(self.coordinator.follow_tenant_limits(), name="tenant limits"),
             asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
         ]
+        if self.api is None and self.metrics_port:
+            await self._serve_metrics(self.metrics_port)
         log.info("stack.started", partitions=list(parts), pools=sorted(pool_cfgs),
-                 api=self.api.url if self.api else None)
+                 api=self.api.url if self.api else None,
+                 metrics=f"{self.metrics_server.url}/metrics" if self.metrics_server else None)
+
+    async def _serve_metrics(self, port: int) -> None:
+        """GET /metrics of a process without the API. A busy port costs the metrics, not the
+        coordinator: it is logged and the coordinator goes on."""
+        from flowforge.api import access
+
+        server = ApiServer(access.exposition_app(self.metrics), self.cfg.api.host, port)
+        try:
+            await server.start()
+        except errors.ConfigError:
+            log.warning("metrics.not_served", host=self.cfg.api.host, port=port,
+                        why="the port is in use; set coordinator.metrics_port (0: off)")
+            return
+        self.metrics_server = server
 
     def node_source(self) -> Any:
         """Where pools find their nodes: this machine, or the Kubernetes cluster's nodes."""
@@ -268,15 +324,18 @@ class Stack:
             max_deliveries=cfg.agents.max_deliveries, max_result_bytes=cfg.agents.max_result_bytes,
             max_log_line_bytes=cfg.agents.max_log_line_bytes, max_log_lines=cfg.agents.max_log_lines,
             max_log_bytes=cfg.agents.max_log_bytes, name=f"launcher-{os.getpid()}",
+            live_log_entries=cfg.logging.live_max_chunks, live_log_ttl_s=cfg.logging.live_ttl.total_seconds(),
         )
         allowed = {n: p.allowed_functions for n, p in pool_cfgs.items()}
         grace = cfg.pods.stop_grace.total_seconds()
         if cfg.pods.runtime == "kubernetes":
             return launcher.Launcher(config, kubernetes_runtime(cfg), allowed=allowed, stop_grace_s=grace,
-                                     fn_command=("python", "-m", "agents.podrun"), fn_image=cfg.pods.image)
+                                     fn_command=("python", "-m", "agents.podrun"), fn_image=cfg.pods.image,
+                                     on_startup=self.metrics.pod_started)
         runtime = localpods.LocalProcessRuntime(max_log_lines=cfg.agents.max_log_lines,
                                                 default_memory=cfg.pods.default_memory)
-        return launcher.Launcher(config, runtime, allowed=allowed, stop_grace_s=grace)
+        return launcher.Launcher(config, runtime, allowed=allowed, stop_grace_s=grace,
+                                 on_startup=self.metrics.pod_started)
 
     async def readiness(self) -> dict[str, str]:
         """Whether Postgres and Redis answer, each "ok" or what went wrong."""
@@ -297,10 +356,14 @@ class Stack:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self.api is not None:
             await self.api.stop()
         if self.pool_directory is not None:
             await self.pool_directory.close()
+        if self.wait_reader is not None:
+            await self.wait_reader.close()
         if self.submitter is not None:
             await self.submitter.aclose()
         if self.coordinator is not None:
@@ -319,12 +382,33 @@ class Stack:
         await asyncio.gather(*self._jobs, return_exceptions=True)
         if self.queue is not None:
             await self.queue.close()
+        if self.log_store is not None:
+            await self.log_store.close()
         if self.store is not None:
             await self.store.close()
         if self._owns_ray:
             import ray
 
             await asyncio.to_thread(ray.shutdown)
+
+
+def open_log_store(cfg: settings_mod.Settings, database_url: str) -> Any:
+    """The configured LogStore: Postgres (this database), a ClickHouse server, or chDB."""
+    from flowforge.logs import stores
+
+    return stores.open_log_store(cfg, database_url=database_url)
+
+
+async def ticket_key(cfg: settings_mod.Settings, client: Any) -> bytes:
+    """The key signing log-stream tickets: configured, or one random key every replica shares
+    through Redis (the first to start makes it)."""
+    import hashlib
+    import secrets
+
+    if cfg.api.ticket_secret is not None:
+        return hashlib.sha256(cfg.api.ticket_secret.get_secret_value().encode()).digest()
+    await client.set(keys.TICKET_KEY, secrets.token_bytes(32), nx=True)
+    return bytes(await client.get(keys.TICKET_KEY))
 
 
 def kubernetes_api(cfg: settings_mod.Settings) -> Any:
@@ -376,7 +460,9 @@ class ApiServer:
                 return contextlib.nullcontext()  # the process's owner handles signals
 
         self.host, self.port = host, port
-        self.server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+        # No log_config: uvicorn's records go to the root logger, rendered like every service
+        # log line (flowforge.servicelog); the access line is flowforge.api.access's.
+        self.server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None,
                                              access_log=False, lifespan="off", proxy_headers=True))
         self._task: asyncio.Task[None] | None = None
 

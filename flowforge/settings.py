@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flowforge.domain import spec
@@ -64,6 +64,11 @@ class CoordinatorSettings(BaseModel):
     max_cached_runs: int = Field(10_000, ge=10, description="Active runs kept in memory.")
     fair_share: bool = Field(
         True, description="Give each pool's free slots to tenants by weighted fair share (off: first come, first served).",
+    )
+    metrics_port: int = Field(
+        9464, ge=0, le=65535,
+        description="Port where `flowforge coordinator` serves GET /metrics, on `api.host` (0: not served). "
+        "A process with the API (`flowforge up`) serves them at the API's /metrics instead.",
     )
 
 
@@ -160,11 +165,24 @@ class ApiSettings(BaseModel):
         timedelta(seconds=10), description="How long a verified token is trusted without asking Postgres "
         "(a revoked token stops working within this time).",
     )
+    ticket_ttl: timedelta = Field(timedelta(seconds=60), description="Lifetime of a log-stream ticket (for "
+                                  "browsers, which cannot send the token in a header to an event stream).")
+    ticket_secret: SecretStr | None = Field(None, description="Key that signs log-stream tickets, the same for "
+                                            "every API replica; unset: a random key kept in Redis.")
 
 
 class LoggingSettings(BaseModel):
     level: str = Field("info", pattern="^(debug|info|warning|error)$", description="Lowest level logged.")
     format: str = Field("console", pattern="^(console|json)$", description="Log line format.")
+    storage_driver: str = Field("postgres", pattern="^(postgres|clickhouse)$",
+                                description="Where task output is kept: postgres, or clickhouse (chDB in-process "
+                                            "without logging.clickhouse_url).")
+    retention_days: int = Field(14, ge=1, le=3650, description="Days task output is kept.")
+    clickhouse_url: str | None = Field(None, description="A ClickHouse server, e.g. "
+                                       "clickhouse://user:password@clickhouse:8123/flowforge; unset: chDB in <data_dir>/chdb.")
+    live_ttl: timedelta = Field(timedelta(hours=24), description="How long a run's live log stays in Redis after "
+                                "its last line (older lines are read from the store).")
+    live_max_chunks: int = Field(10_000, ge=10, description="Chunks (of up to 1,000 lines) a run's live log keeps.")
 
 
 class Settings(BaseSettings):

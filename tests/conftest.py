@@ -12,12 +12,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from flowforge import embedded, settings
 from flowforge.backends.postgres import admin
 from flowforge.runtime import BackgroundStack, Services
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests check what happens, never how fast: the machine is shared and noisy, so no
+# per-example deadline (speed is measured by the benchmarks in bench/).
+hypothesis_settings.register_profile("flowforge", deadline=None)
+hypothesis_settings.load_profile("flowforge")
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 

@@ -147,3 +147,23 @@ def leak(token: str) -> dict:
 def leak_and_fail(token: str) -> None:
     print(f"using {token}")
     raise RuntimeError(f"the service refused {token}")
+
+
+def chatty(n: int, every: int = 500, pause: float = 0.02) -> int:
+    """Prints `n` numbered lines, pausing now and then so a follower sees them arrive live."""
+    for i in range(n):
+        print(f"line {i}")
+        if every and i % every == every - 1:
+            time.sleep(pause)
+    return n
+
+
+def logs_a_little() -> None:
+    import logging
+
+    print("to stdout")
+    logging.getLogger("tests.tasks").info("an info record")
+    logging.getLogger("tests.tasks").warning("a warning record")
+    import sys
+
+    print("to stderr", file=sys.stderr)

@@ -539,6 +539,26 @@ def test_flowforge_accepts_the_settings_and_partitions_agree(target, monkeypatch
     assert cfg.pods.runtime == "kubernetes" and cfg.pods.namespace == coordinator["metadata"]["namespace"]
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_metrics_are_scraped_where_they_are_served(target, monkeypatch, tmp_path):
+    """The API serves /metrics on its port; each coordinator shard on coordinator.metrics_port, on
+    the Pod's address. Annotations, container ports and the headless Service agree with that."""
+    objs = render(target)
+    coordinator = one(objs, "StatefulSet", "flowforge-coordinator")
+    cfg, _pending = _settings(objs, coordinator, 0, monkeypatch, tmp_path)
+    assert cfg.api.host == "0.0.0.0" and cfg.coordinator.metrics_port > 0
+    api = one(objs, "Deployment", "flowforge-api")
+    for workload, port in ((api, 8080), (coordinator, cfg.coordinator.metrics_port)):
+        template = workload["spec"]["template"]
+        notes = template["metadata"]["annotations"]
+        assert (notes["prometheus.io/scrape"], notes["prometheus.io/path"]) == ("true", "/metrics")
+        assert int(notes["prometheus.io/port"]) == port
+        assert port in [p["containerPort"] for p in template["spec"]["containers"][0]["ports"]]
+    headless = one(objs, "Service", "flowforge-coordinator")
+    ports = [(p["port"], p["targetPort"]) for p in headless["spec"]["ports"]]
+    assert ports == [(cfg.coordinator.metrics_port, "metrics")]
+
+
 def test_prod_runs_more_than_dev_on_a_pinned_image():
     dev, prod = render("dev"), render("prod")
     for kind, name in (("Deployment", "flowforge-api"), ("StatefulSet", "flowforge-coordinator")):

@@ -72,6 +72,23 @@ def test_reclaim_takes_over_idle_entries_then_dead_letters(r):
     assert "max_deliveries=3" in event["error"]
 
 
+def test_reclaim_counts_what_it_takes_over_and_dead_letters(r):
+    client, part = r
+    stream, counts = keys.pool_stream(part, "t"), keys.reclaim_counts(part)
+    _dispatch(client, part, 2)
+    client.xreadgroup(keys.AGENT_GROUP, "dead-agent", {stream: ">"}, count=2)  # delivery 1 of both
+    script = client.register_script(RECLAIM)
+    ks = [stream, keys.dead_letter(part, "t"), keys.events(part), counts]
+    try:
+        args = lambda consumer, most: [keys.AGENT_GROUP, consumer, 0, 10, most, 100, "t"]  # noqa: E731
+        assert len(script(keys=ks, args=args("a2", 3))) == 2  # delivery 2: both taken over
+        assert client.hgetall(counts) == {b"reclaimed:t": b"2"}
+        assert script(keys=ks, args=args("a3", 1)) == []  # delivery 3 > 1: both dead-lettered
+        assert client.hgetall(counts) == {b"reclaimed:t": b"2", b"dead_lettered:t": b"2"}
+    finally:
+        client.delete(counts)
+
+
 def test_trim_keeps_pending_and_undelivered_entries(r):
     client, part = r
     stream = keys.pool_stream(part, "t")

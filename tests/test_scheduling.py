@@ -119,3 +119,174 @@ def test_a_tenant_never_has_more_in_flight_than_its_quota(quota, slots, fair):
     s.set_quotas({"capped": quota + 2})  # a raised quota applies to the next dispatch
     got = list(s.take(lambda _: True))
     assert sum(i.tenant == "capped" for i in inflight + got) <= quota + 2
+
+
+@given(st.integers(2, 32), st.integers(1, 3), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_slots_are_shared_by_weight_however_long_tasks_run(slots, w_long, w_short, rnd):
+    """Tenant `long` holds every slot with tasks that never end on their own; `short` arrives
+    with tasks that end at once. Every freed slot goes to `short` until it holds its weighted
+    share; from then on the held slots stay in proportion to the weights (within one slot)."""
+    weights = {"long": w_long, "short": w_short}
+    s = Scheduler(lambda pool: slots, 0.0, weight=lambda t: weights[t])
+    for i in range(slots * 20):
+        s.offer(_item("long", i))
+    held = list(s.take(lambda _: True))
+    assert len(held) == slots and {i.tenant for i in held} == {"long"}
+    for i in range(slots * 20):
+        s.offer(_item("short", i))
+    for _ in range(slots * 4):
+        victim = held.pop(rnd.randrange(len(held)))  # some attempt ends; its slot frees
+        s.done(victim.run_id, victim.key)
+        held += list(s.take(lambda _: True))
+        n_short = sum(i.tenant == "short" for i in held)
+        target = slots * w_short / (w_long + w_short)
+        assert n_short <= target + 1, (n_short, target)
+    assert abs(sum(i.tenant == "short" for i in held) - target) <= 1
+
+
+# ---- quotas: attempts, CPU, memory and GPU in flight, per tenant and per project ----------
+
+from decimal import Decimal  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+
+from flowforge.domain import routing, spec  # noqa: E402
+from flowforge.engine.scheduling import Cost, Quota, request_cost, slot_cost  # noqa: E402
+
+_DIMS = ("max_running_tasks", "max_cpu", "max_memory", "max_gpu")
+
+
+def _costly(tenant: str, project: str, n: int, cost: Cost, pool: str = "p", priority: int = 0) -> Ready:
+    return Ready(f"{tenant}-{project}-run", 0, tenant, f"t{n}", 1, pool, {}, priority, project, cost)
+
+
+def _used(items: list[Ready], tenant: str, project: str | None) -> dict[str, int]:
+    mine = [i for i in items if i.tenant == tenant and (project is None or i.project == project)]
+    return {"max_running_tasks": len(mine), "max_cpu": sum(i.cost.cpu for i in mine),
+            "max_memory": sum(i.cost.memory for i in mine), "max_gpu": sum(i.cost.gpu for i in mine)}
+
+
+def _within(q: Quota, used: dict[str, int]) -> bool:
+    return all(getattr(q, d) is None or used[d] <= getattr(q, d) * (1000 if d == "max_gpu" else 1) for d in _DIMS)
+
+
+_costs = st.builds(Cost, st.sampled_from([0, 250, 1000, 1500]), st.sampled_from([0, 2**29, 2**30]),
+                   st.sampled_from([0, 0, 500, 1000, 2000]))
+_quotas = st.builds(Quota, st.none() | st.integers(1, 4), st.none() | st.sampled_from([1000, 2000, 3000]),
+                    st.none() | st.sampled_from([2**30, 2**31]), st.none() | st.integers(0, 3))
+_work = st.lists(st.tuples(st.sampled_from("ab"), st.sampled_from(["x", "y"]), _costs, st.integers(0, 2)),
+                 min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_work, st.dictionaries(st.sampled_from("ab"), _quotas),
+       st.dictionaries(st.tuples(st.sampled_from("ab"), st.sampled_from(["x", "y"])), _quotas),
+       st.integers(1, 8), st.booleans(), st.randoms(use_true_random=False))
+def test_dispatch_never_exceeds_a_tenant_or_project_limit_and_leaves_no_fitting_lane_idle(
+        work, tenant_quotas, project_quotas, slots, fair, rnd):
+    s = Scheduler(lambda pool: slots, 0.0, fair=fair)
+    s.set_limits(tenant_quotas, project_quotas)
+    for n, (tenant, project, cost, prio) in enumerate(work):
+        s.offer(_costly(tenant, project, n, cost, priority=prio))
+    inflight: list[Ready] = []
+    for _ in range(3 * len(work)):
+        inflight += list(s.take(lambda _: True))
+        for (tenant, project), q in [((t, None), q) for t, q in tenant_quotas.items()] + list(project_quotas.items()):
+            assert _within(q, _used(inflight, tenant, project)), (tenant, project, q, inflight)
+        if fair and s.free("p") > 0:
+            # Work-conserving within quotas: a slot stays free only if every lane's head waits
+            # for a quota, and says which.
+            waits = s.quota_waits()
+            assert s.backlog("p") == 0 or len(waits) == sum(
+                len(lanes) for lanes in s._pools["p"].queues.values()), waits
+            assert all(w.startswith("quota: ") for w in waits.values())
+        if not inflight:
+            break
+        for item in rnd.sample(inflight, rnd.randint(1, len(inflight))):  # some attempts end
+            inflight.remove(item)
+            s.done(item.run_id, item.key)
+    if not inflight:
+        assert s._usage == {}  # every scope's usage went back to nothing
+
+
+def test_a_tenant_under_its_quota_is_not_held_back_by_one_at_its_quota():
+    gpu = Cost(cpu=1000, gpu=1000)
+    s = Scheduler(lambda pool: 10, 0.0)
+    s.set_limits({"capped": Quota(max_gpu=2)})
+    for i in range(50):
+        s.offer(_costly("capped", "default", i, gpu))
+    for i in range(5):
+        s.offer(_costly("free", "default", i, gpu))
+    got = list(s.take(lambda _: True))
+    assert sum(i.tenant == "capped" for i in got) == 2  # its GPU quota
+    assert sum(i.tenant == "free" for i in got) == 5  # every one of the other's, at once
+    assert s.quota_waits() == {("p", "capped", "default"): "quota: tenant capped max_gpu 2 (2 in use)"}
+
+
+def test_a_project_at_its_limit_holds_only_its_own_lane():
+    s = Scheduler(lambda pool: 10, 0.0)
+    s.set_limits({"acme": Quota(max_cpu=4000)}, {("acme", "ml"): Quota(max_cpu=1000)})
+    for i in range(6):
+        s.offer(_costly("acme", "ml", i, Cost(cpu=1000), priority=5))  # higher priority, but capped
+    for i in range(6):
+        s.offer(_costly("acme", "etl", 10 + i, Cost(cpu=1000)))
+    got = list(s.take(lambda _: True))
+    assert [i.project for i in got].count("ml") == 1 and [i.project for i in got].count("etl") == 3
+    assert s.usage("acme") == Cost(cpu=4000) and s.running("acme", "ml") == 1
+    # The tenant's limit is checked (and named) first; with it raised, ml's own would show.
+    assert s.quota_waits() == {
+        ("p", "acme", "ml"): "quota: tenant acme max_cpu 4 (4 in use)",
+        ("p", "acme", "etl"): "quota: tenant acme max_cpu 4 (4 in use)",
+    }
+    s.set_limits({"acme": Quota(max_cpu=8000)}, {("acme", "ml"): Quota(max_cpu=1000)})
+    assert s.quota_waits() == {("p", "acme", "ml"): "quota: project acme/ml max_cpu 1 (1 in use)"}
+    more = list(s.take(lambda _: True))
+    assert [i.project for i in more] == ["etl"] * 3
+    assert s.quota_waits() == {("p", "acme", "ml"): "quota: project acme/ml max_cpu 1 (1 in use)"}
+
+
+@settings(deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 6))
+def test_a_quota_change_applies_to_the_next_take(low, extra, slots):
+    s = Scheduler(lambda pool: slots + low + extra, 0.0)
+    s.set_limits({"t": Quota(max_gpu=low)})
+    for i in range(30):
+        s.offer(_costly("t", "default", i, Cost(gpu=1000)))
+    first = list(s.take(lambda _: True))
+    assert len(first) == low
+    s.set_limits({"t": Quota(max_gpu=low + extra)})  # raised: the next take fills up to it
+    assert len(list(s.take(lambda _: True))) == extra
+    s.set_limits({"t": Quota(max_gpu=0)})  # lowered below what runs: nothing new starts
+    for item in first:
+        s.done(item.run_id, item.key)
+    assert list(s.take(lambda _: True)) == []
+    assert s.quota_waits()[("p", "t", "default")].startswith("quota: tenant t max_gpu 0 (")
+    s.set_limits({})  # removed: everything may go, up to the free slots
+    assert len(list(s.take(lambda _: True))) == min(30 - low - extra, slots + low)
+
+
+def test_a_head_that_can_never_fit_says_so_and_does_not_starve_other_lanes():
+    s = Scheduler(lambda pool: 4, 0.0)
+    s.set_limits({"t": Quota(max_gpu=1)})
+    s.offer(_costly("t", "big", 0, Cost(gpu=4000), priority=9))
+    s.offer(_costly("t", "big", 1, Cost(gpu=0)))  # behind the head of its lane: waits with it
+    s.offer(_costly("t", "small", 2, Cost(gpu=0)))
+    got = list(s.take(lambda _: True))
+    assert [(i.project, i.key) for i in got] == [("small", "t2")]
+    why = s.quota_waits()[("p", "t", "big")]
+    assert why == "quota: tenant t max_gpu 1 (0 in use); the task alone needs 4: raise max_gpu or lower its request"
+
+
+def test_within_a_tenant_priorities_hold_across_projects():
+    s = Scheduler(lambda pool: 1, 0.0)
+    s.offer(_costly("t", "x", 0, Cost(), priority=0))
+    s.offer(_costly("t", "y", 1, Cost(), priority=3))
+    s.offer(_costly("t", "x", 2, Cost(), priority=5))
+    assert [i.key for i in _one_at_a_time(s, 3)] == ["t2", "t1", "t0"]
+
+
+def test_costs_light_slots_share_their_agent_heavy_ones_count_their_requests():
+    shape = routing.SlotShape(capacity=8, cpu=Decimal("0.5"), memory=Decimal(2**30), gpu=Decimal("0.25"))
+    assert slot_cost(shape) == Cost(cpu=500, memory=2**30, gpu=250)
+    assert request_cost(spec.Resources(cpu="1500m", memory="2Gi", gpu=2)) == Cost(1500, 2 * 2**30, 2000)
+    assert request_cost(spec.Resources()) == Cost(0, 0, 0)  # no requests: counts nothing

@@ -2,14 +2,16 @@
 -- KEYS[1]  pool stream         ff:{pN}:pool:<pool>
 -- KEYS[2]  dead-letter stream  ff:{pN}:dlq:<pool>
 -- KEYS[3]  event stream        ff:{pN}:events
+-- KEYS[4]  counters (optional) ff:{pN}:reclaims, a hash: reclaimed:<pool>, dead_lettered:<pool>
 -- ARGV[1] group, ARGV[2] claiming consumer, ARGV[3] lease (min idle, ms), ARGV[4] max entries,
--- ARGV[5] max deliveries, ARGV[6] max dead-letter stream length
+-- ARGV[5] max deliveries, ARGV[6] max dead-letter stream length, ARGV[7] pool (with KEYS[4])
 -- Returns the entries this consumer now owns and should run: { {id, {field, value, ...}}, ... }.
 -- An entry past max deliveries moves to the dead-letter stream, is acknowledged, and an
 -- attempt_finished event (reason dead_letter) tells the coordinator the attempt failed.
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])[2]
 local keep = {}
 local max = tonumber(ARGV[5])
+local dead = 0
 for _, entry in ipairs(claimed) do
   if type(entry) == 'table' and type(entry[2]) == 'table' then
     local id = entry[1]
@@ -29,9 +31,14 @@ for _, entry in ipairs(claimed) do
         }))
       end
       redis.call('XACK', KEYS[1], ARGV[1], id)
+      dead = dead + 1
     else
       keep[#keep + 1] = entry
     end
   end
+end
+if KEYS[4] then
+  if #keep > 0 then redis.call('HINCRBY', KEYS[4], 'reclaimed:' .. ARGV[7], #keep) end
+  if dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_lettered:' .. ARGV[7], dead) end
 end
 return keep

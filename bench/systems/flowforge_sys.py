@@ -383,6 +383,16 @@ def _finished(run_id: str, timeout: float = 600) -> float:
         time.sleep(0.005)
 
 
+def _flooding(run_id: str, timeout: float = 120) -> None:
+    """Return once the run's tasks are queued and hold every slot of the pool (its attempts
+    are being dispatched), so what comes next meets the flood, not the flood's submission."""
+    poll, deadline = _state["poll"], time.perf_counter() + timeout
+    while poll.execute("SELECT count(*) FROM attempts WHERE run_id = %s", (run_id,)).fetchone()[0] < AGENTS * SLOTS:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"run {run_id} did not start flooding in {timeout} s")
+        time.sleep(0.005)
+
+
 def fairness(flood: int = 5000, small: int = 50, reps: int = 3) -> dict[str, float]:
     """Tenant A floods the pool with `flood` no-op tasks, then tenant B submits `small`:
     `b_slowdown` = B's completion time under the flood / B's time alone (medians of `reps`),
@@ -404,7 +414,7 @@ def fairness(flood: int = 5000, small: int = 50, reps: int = 3) -> dict[str, flo
         flooded = []
         for _ in range(reps):
             a = _submit(dag, {"items": list(range(flood))}, "tenant-a")
-            time.sleep(0.3)  # A's tasks fill the pool and its queue
+            _flooding(a)
             flooded.append(b_time())
             _finished(a)
         return statistics.median(flooded) / alone
@@ -417,6 +427,14 @@ def fairness(flood: int = 5000, small: int = 50, reps: int = 3) -> dict[str, flo
         _restart_coordinator()
     return {"b_slowdown": fair, "b_slowdown_fifo": fifo}
 
+
+
+def log_ingest(total: int = 200_000, batch: int = 2_000, reps: int = 3) -> dict[str, float]:
+    """Lines per second persisted by the log stores, in batches as the log writer sends them:
+    Postgres (this benchmark's database) and chDB (in this process); medians of `reps`."""
+    from bench.systems import ff_log_ingest
+
+    return ff_log_ingest.measure(_state["db_url"], total=total, batch=batch, reps=reps)
 
 if __name__ == "__main__":
     setup()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from flowforge.api import auth, dags, limits, pools, problems, runs, schemas, tenants
+from flowforge import metrics as metrics_mod
+from flowforge.api import access, auth, dags, limits, logs, pools, problems, projects, quotas, runs, schemas, tenants
 from flowforge.api.context import ApiContext
 
 health = APIRouter(tags=["health"])
@@ -25,7 +26,28 @@ async def readyz(ctx: ApiContext = Depends(auth.context)) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-def create_app(ctx: ApiContext, *, max_body_bytes: int = 2 << 20) -> FastAPI:
+_UNAUTHORIZED = {"description": "No token, or an invalid, expired or revoked one (with `WWW-Authenticate: Bearer`)",
+                 "content": {"application/problem+json": {"schema": {"type": "object"}}}}
+
+
+def _document_auth(app: FastAPI) -> None:
+    """Every operation that requires the bearer token (the requirement comes from the
+    `auth.principal` dependency) answers 401 without a valid one: say so in /openapi.json."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        doc = generate()  # built once, then cached by FastAPI: adding to it is idempotent
+        for item in doc.get("paths", {}).values():
+            for op in item.values():
+                if isinstance(op, dict) and op.get("security"):
+                    op.setdefault("responses", {}).setdefault("401", _UNAUTHORIZED)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(ctx: ApiContext, *, max_body_bytes: int = 2 << 20,
+               metrics: metrics_mod.Metrics | None = None) -> FastAPI:
     app = FastAPI(
         title="FlowForge",
         version="1",
@@ -35,11 +57,18 @@ def create_app(ctx: ApiContext, *, max_body_bytes: int = 2 << 20) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.ctx = ctx
+    app.state.metrics = metrics
     problems.install(app)
     app.include_router(health)
+    app.include_router(access.router)
     app.include_router(dags.router)
     app.include_router(runs.router)
+    app.include_router(logs.router)
     app.include_router(pools.router)
     app.include_router(tenants.router)
+    app.include_router(projects.router)
+    app.include_router(quotas.router)
+    _document_auth(app)
     app.add_middleware(limits.RequestGuard, max_bytes=max_body_bytes)
+    app.add_middleware(access.AccessLog, router=app.router, metrics=metrics)  # outermost: sees every answer
     return app

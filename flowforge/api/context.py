@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -18,10 +18,16 @@ class Catalog(Protocol):
 
     async def tenant_limits(self, tenant: str) -> dict[str, Any]: ...
 
-    async def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float) -> dict[str, Any]: ...
+    async def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float,
+                                **quotas: int | None) -> dict[str, Any]: ...
+
+    async def project_limits(self, tenant: str, project: str) -> dict[str, Any]: ...
+
+    async def set_project_limits(self, tenant: str, project: str, **quotas: int | None) -> dict[str, Any]: ...
 
     async def issue_token(self, tenant: str, name: str, role: str | None = None,
-                          expires_in: timedelta | None = None, *, create_tenant: bool = False) -> dict[str, Any]: ...
+                          expires_in: timedelta | None = None, projects: Sequence[str] | None = None, *,
+                          create_tenant: bool = False, field: str = "projects") -> dict[str, Any]: ...
 
     async def list_tokens(self, tenant: str) -> list[dict[str, Any]]: ...
 
@@ -43,9 +49,48 @@ class Catalog(Protocol):
     async def list_runs(
         self, tenant: str, *, limit: int, cursor: str | None = None, status: str | None = None,
         dag: str | None = None, created_after: datetime | None = None, created_before: datetime | None = None,
+        project: str | None = None, projects: Collection[str] | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]: ...
 
-    async def get_run(self, run_id: str, tenant: str, *, logs: bool = True) -> dict[str, Any] | None: ...
+    async def get_run(self, run_id: str, tenant: str, *, logs: bool = True,
+                      projects: Collection[str] | None = None) -> dict[str, Any] | None: ...
+
+    async def run_project(self, run_id: str, tenant: str) -> str | None: ...
+
+    async def run_state(self, run_id: str, tenant: str) -> tuple[str, str] | None: ...
+
+    # tenants and projects
+    async def create_tenant(self, tenant: str, name: str | None = None) -> dict[str, Any]: ...
+
+    async def list_tenants(self, *, limit: int, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def tenant_exists(self, tenant: str) -> bool: ...
+
+    async def create_project(self, tenant: str, project: str, name: str | None = None) -> dict[str, Any]: ...
+
+    async def list_projects(self, tenant: str, *, only: Collection[str] | None = None, limit: int,
+                            cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def get_project(self, tenant: str, project: str) -> dict[str, Any]: ...
+
+    async def missing_projects(self, tenant: str, projects: Collection[str]) -> list[str]: ...
+
+    async def delete_project(self, tenant: str, project: str) -> None: ...
+
+
+class QuotaWaits(Protocol):
+    async def reasons(self, run_id: str, lanes: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+        """(pool, tenant, project) -> why the run's queued attempts in that lane wait."""
+        ...
+
+
+class LogReader(Protocol):
+    """A run's output lines (flowforge.logs.tail.LogTail)."""
+
+    async def page(self, tenant: str, run_id: str, *, after: int, limit: int, keep: Any) -> tuple[list[Any], int]: ...
+
+    def follow(self, tenant: str, run_id: str, *, after: int, keep: Any,
+               ended: Callable[[], Awaitable[bool]]) -> AsyncIterator[Any]: ...
 
 
 class Pools(Protocol):
@@ -64,6 +109,10 @@ class ApiContext:
     token_cache_s: float = 10.0
     rate_per_s: float | None = None  # requests per second per token (None: unlimited)
     rate_burst: int = 100
+    waits: QuotaWaits | None = None  # why queued tasks wait for a quota, as coordinators publish it
+    logs: LogReader | None = None
+    ticket_key: bytes = b""  # signs log-stream tickets; shared by every API replica
+    ticket_ttl_s: float = 60.0
     _tokens: dict[str, tuple[Principal, float]] = field(default_factory=dict)
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # token id -> (tokens, at)
 

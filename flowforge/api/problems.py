@@ -94,6 +94,11 @@ def install(app: FastAPI) -> None:
     async def _conflict(_: Request, exc: errors.Conflict) -> JSONResponse:
         return problem(409, str(exc))
 
+    @app.exception_handler(errors.QuotaExceeded)
+    async def _quota(_: Request, exc: errors.QuotaExceeded) -> JSONResponse:
+        return problem(429, str(exc), problems=[{"path": exc.field, "message": exc.message, "hint": exc.hint}],
+                       headers={"Retry-After": str(max(1, round(exc.retry_after)))}, kind="quota-exceeded")
+
     @app.exception_handler(errors.TemporaryError)
     async def _unavailable(_: Request, exc: errors.TemporaryError) -> JSONResponse:
         log.warning("api.backend_unavailable", error=str(exc))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from flowforge.domain import quotas
 
 RunStatusName = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # tenant and project ids
+ProjectId = Annotated[str, Field(pattern=ID_PATTERN, max_length=63, description="A project's id.")]
 TaskStatusName = Literal[
     "pending", "queued", "running", "retrying", "succeeded", "failed", "skipped", "upstream_failed", "cancelled"
 ]
@@ -24,6 +29,7 @@ class RunCreate(_In):
     name: str | None = Field(None, min_length=1, max_length=64, description="A stored template's name.")
     version: int | None = Field(None, ge=1, le=2**31 - 1, description="Template version; unset: the latest.")
     params: dict[str, Any] = Field(default_factory=dict, description="Overrides of the DAG's params.")
+    project: ProjectId = Field("default", description="The project to run in (and to find the template in).")
 
     @model_validator(mode="after")
     def _one_source(self) -> RunCreate:
@@ -36,6 +42,7 @@ class RunCreate(_In):
 
 class RunCreated(BaseModel):
     id: str
+    project: str
     dag: str
     version: int
     status: RunStatusName = "pending"
@@ -77,10 +84,14 @@ class TaskOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempts: list[AttemptOut]
+    waiting_for: str | None = Field(None, description=(
+        "Why a queued task is not dispatched yet when a quota holds it, e.g. "
+        "\"quota: tenant acme max_gpu 2 (2 in use)\"; null otherwise (it waits for a free slot, if at all)."))
 
 
 class RunSummary(BaseModel):
     id: str
+    project: str
     dag_name: str
     dag_version: int
     dag_template: bool = Field(description="True if the run is of a stored template, false for an inline DAG.")
@@ -181,15 +192,63 @@ class Annotated(BaseModel):
                                   "later have seen it.")
 
 
-class TenantLimits(BaseModel):
+def _cpu(value: Any) -> int | None:
+    return None if value is None else quotas.millicores(value)
+
+
+def _memory(value: Any) -> int | None:
+    return None if value is None else quotas.byte_count(value)
+
+
+# In: a quantity as Kubernetes writes it (a string, or a number); stored and compared as
+# millicores and bytes.
+CpuIn = typing.Annotated[int | float | str | None, BeforeValidator(_cpu)]
+MemoryIn = typing.Annotated[int | str | None, BeforeValidator(_memory)]
+
+
+class QuotasOut(BaseModel):
+    """Limits (null: none). In flight: attempts dispatched and not ended; resources are summed
+    over them, a light attempt counting its slot's share of its pool's agent, a heavy one its
+    Pod's requests."""
+
+    max_running_tasks: int | None = Field(None, description="Attempts in flight at once.")
+    max_cpu: str | None = Field(None, description="Cores of the attempts in flight, e.g. \"8\" or \"1500m\".")
+    max_memory: str | None = Field(None, description="Memory of the attempts in flight, e.g. \"32Gi\".")
+    max_gpu: int | None = Field(None, description="GPUs of the attempts in flight.")
+    max_active_runs: int | None = Field(None, description="Pending or running runs; a submission past it gets 429.")
+    max_dag_tasks: int | None = Field(None, description="Tasks of one run (maps over params counted by their "
+                                                        "items); a larger submission gets 429.")
+
+
+class QuotasIn(_In):
+    """Every limit (null or omitted: none); a PUT replaces them all."""
+
+    max_running_tasks: int | None = Field(None, ge=1, le=1_000_000, description="null: no limit.")
+    max_cpu: CpuIn = Field(None, description="Cores: 8, 2.5, \"500m\" (whole millicores).")
+    max_memory: MemoryIn = Field(None, description="Bytes: \"32Gi\", \"512Mi\", or a number of bytes.")
+    max_gpu: int | None = Field(None, ge=0, le=100_000, description="0: no GPU at all.")
+    max_active_runs: int | None = Field(None, ge=1, le=1_000_000)
+    max_dag_tasks: int | None = Field(None, ge=1, le=10_000_000)
+
+
+class TenantLimits(QuotasOut):
     tenant: str
-    max_running_tasks: int | None = Field(description="Attempts of this tenant in flight at once; null: no limit.")
     weight: float = Field(description="Fair-share weight: twice the weight, twice the share of a busy pool.")
 
 
-class TenantLimitsIn(_In):
-    max_running_tasks: int | None = Field(None, ge=1, le=1_000_000, description="null: no limit.")
+class TenantLimitsIn(QuotasIn):
     weight: float = Field(1.0, gt=0, le=1000)
+
+
+class ProjectLimits(QuotasOut):
+    """A project's limits narrow its tenant's: both apply."""
+
+    tenant: str
+    project: str
+
+
+class ProjectLimitsIn(QuotasIn):
+    pass
 
 
 class TokenIn(_In):
@@ -197,6 +256,8 @@ class TokenIn(_In):
     role: Literal["admin", "tenant-admin", "member", "viewer"] = Field(
         "member", description="admin exists in the operator's tenant only.")
     expires_in_seconds: int | None = Field(None, ge=60, le=10 * 365 * 86_400, description="null: never expires.")
+    projects: list[ProjectId] | None = Field(None, min_length=1, max_length=100, description=(
+        "Scope the token to these projects of the tenant (each must exist); null: every project."))
 
 
 class TokenOut(BaseModel):
@@ -204,6 +265,7 @@ class TokenOut(BaseModel):
     tenant: str
     name: str
     role: str
+    projects: list[str] | None = Field(None, description="The projects it may see and act on; null: all.")
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -215,3 +277,58 @@ class TokenCreated(TokenOut):
 
 class TokenList(BaseModel):
     items: list[TokenOut]
+
+
+class TenantIn(_In):
+    id: str = Field(..., pattern=ID_PATTERN, max_length=63, description="Lowercase letters, digits and dashes.")
+    name: str | None = Field(None, min_length=1, max_length=200, description="A display name; default: the id.")
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class TenantPage(BaseModel):
+    items: list[TenantOut]
+    next_cursor: str | None = None
+
+
+class ProjectIn(_In):
+    id: ProjectId
+    name: str | None = Field(None, min_length=1, max_length=200, description="A display name; default: the id.")
+
+
+class ProjectOut(BaseModel):
+    tenant: str
+    id: str
+    name: str
+    created_at: datetime
+    active_runs: int | None = Field(None, description="Pending or running runs (when reading one project).")
+
+
+class ProjectPage(BaseModel):
+    items: list[ProjectOut]
+    next_cursor: str | None = None
+
+
+class LogLineOut(BaseModel):
+    pos: int = Field(description="The line's place in its run, from 1: resume after it with `after` or Last-Event-ID.")
+    task: str
+    attempt: int
+    ts: datetime
+    stream: str = Field(description="stdout, stderr, log (the logging module) or system (FlowForge's notes).")
+    line: str
+
+
+class LogPage(BaseModel):
+    items: list[LogLineOut]
+    next_after: int = Field(description="Ask again with after=this for the lines that follow.")
+    run_status: str
+
+
+class LogTicket(BaseModel):
+    ticket: str = Field(description="Open the stream with ?ticket=...; valid for one run, for `expires_in` seconds.")
+    expires_in: float
+    url: str

@@ -5,17 +5,43 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter, Depends, Path, Response
-from starlette.exceptions import HTTPException
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from flowforge import errors
-from flowforge.api import auth, schemas
+from flowforge.api import auth, quotas, schemas
 from flowforge.api.context import ApiContext
 from flowforge.ports import Principal
 
 router = APIRouter(prefix="/api/v1/tenants", tags=["tenants"])
-TenantPath = Path(..., pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="The tenant's id.")
-@router.get("/{tenant}/limits", response_model=schemas.TenantLimits, summary="A tenant's quota and weight")
+TenantPath = Path(..., pattern=schemas.ID_PATTERN, description="The tenant's id.")
+
+
+@router.post("", status_code=201, response_model=schemas.TenantOut, summary="Create a tenant",
+             responses={403: {"description": "Needs the operator's admin token"},
+                        409: {"description": "The tenant exists"}})
+async def create_tenant(
+    body: schemas.TenantIn,
+    who: Principal = Depends(auth.permit("operator")),
+    ctx: ApiContext = Depends(auth.context),
+) -> schemas.TenantOut:
+    """With its `default` project. Then give it a token: POST /api/v1/tenants/{id}/tokens."""
+    made = await ctx.catalog.create_tenant(body.id, body.name)
+    return schemas.TenantOut(**made)
+
+
+@router.get("", response_model=schemas.TenantPage, summary="List tenants, by id",
+            responses={403: {"description": "Needs the operator's admin token"}})
+async def list_tenants(
+    limit: int = Query(100, ge=1, le=500),
+    cursor: str | None = Query(None, max_length=500),
+    who: Principal = Depends(auth.permit("operator")),
+    ctx: ApiContext = Depends(auth.context),
+) -> schemas.TenantPage:
+    items, nxt = await ctx.catalog.list_tenants(limit=limit, cursor=cursor)
+    return schemas.TenantPage(items=[schemas.TenantOut(**t) for t in items], next_cursor=nxt)
+
+
+@router.get("/{tenant}/limits", response_model=schemas.TenantLimits, summary="A tenant's quotas and weight")
 async def get_limits(
     tenant: str = TenantPath,
     who: Principal = Depends(auth.permit("read")),
@@ -23,10 +49,10 @@ async def get_limits(
 ) -> schemas.TenantLimits:
     if tenant != who.tenant and not auth.is_operator(who):
         raise errors.NotFound(f"tenant {tenant!r} not found")  # another tenant's: as if absent
-    return schemas.TenantLimits(**await ctx.catalog.tenant_limits(tenant))
+    return schemas.TenantLimits(**quotas.shown(await ctx.catalog.tenant_limits(tenant)))
 
 
-@router.put("/{tenant}/limits", response_model=schemas.TenantLimits, summary="Set a tenant's quota and weight",
+@router.put("/{tenant}/limits", response_model=schemas.TenantLimits, summary="Set a tenant's quotas and weight",
             responses={403: {"description": "Needs the operator's admin token"}})
 async def put_limits(
     body: schemas.TenantLimitsIn,
@@ -34,18 +60,15 @@ async def put_limits(
     who: Principal = Depends(auth.permit("operator")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.TenantLimits:
-    """Coordinators apply the change to their next dispatch (within a second)."""
-    return schemas.TenantLimits(**await ctx.catalog.set_tenant_limits(tenant, body.max_running_tasks, body.weight))
+    """Replaces every limit (omitted or null: none) and the weight. Coordinators apply the
+    change to their next dispatch, and submissions see it, within a second."""
+    limits = quotas.stored(body)
+    return schemas.TenantLimits(**quotas.shown(await ctx.catalog.set_tenant_limits(
+        tenant, limits.pop("max_running_tasks"), body.weight, **limits)))
 
 
 def _manages(who: Principal, tenant: str) -> None:
-    """The operator manages every tenant; a tenant-admin its own; others see no such tenant."""
-    if auth.is_operator(who):
-        return
-    if who.tenant != tenant:
-        raise errors.NotFound(f"tenant {tenant!r} not found")
-    if who.role != "tenant-admin":
-        raise HTTPException(403, f"a {who.role} token cannot manage tokens; it needs tenant-admin or admin")
+    auth.administers(who, tenant, "tokens")
 
 
 @router.post("/{tenant}/tokens", status_code=201, response_model=schemas.TokenCreated, summary="Create an API token")
@@ -56,10 +79,11 @@ async def create_token(
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.TokenCreated:
     """32 random bytes, shown once in this response; only its hash is stored. The operator may
-    name a new tenant: it is created."""
+    name a new tenant: it is created. `projects` scopes the token to those projects."""
     _manages(who, tenant)
     ttl = timedelta(seconds=body.expires_in_seconds) if body.expires_in_seconds else None
-    made = await ctx.catalog.issue_token(tenant, body.name, body.role, ttl, create_tenant=auth.is_operator(who))
+    made = await ctx.catalog.issue_token(tenant, body.name, body.role, ttl, body.projects,
+                                         create_tenant=auth.is_operator(who), field="body.projects")
     return schemas.TokenCreated(**made)
 
 

@@ -114,6 +114,12 @@ class RedisQueue:
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise _translate(exc) from None
 
+    async def publish_waits(self, partitions: Sequence[int], waits: dict[str, str], ttl_s: float) -> None:
+        """Replace the partitions' quota wait reasons (lane -> reason), expiring after `ttl_s`."""
+        from flowforge.backends import waits as waiting
+
+        await waiting.publish(self.client, partitions, waits, ttl_s)
+
     async def commit(
         self,
         dispatches: Sequence[tuple[int, str, bytes]],

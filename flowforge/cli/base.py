@@ -3,38 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import structlog
 import typer
 
-from flowforge import errors, settings as settings_mod
+from flowforge import errors, servicelog, settings as settings_mod
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="FlowForge: DAGs on warm agents and fresh Pods.")
 dags_app = typer.Typer(no_args_is_help=True, help="DAG templates: push, list, show.")
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens (talks to Postgres directly).")
 pools_app = typer.Typer(help="Agent pools: status, node-group annotations, config checks.")
-tenants_app = typer.Typer(no_args_is_help=True, help="Tenants: quotas and fair-share weights.")
+tenants_app = typer.Typer(no_args_is_help=True, help="Tenants: create, list, quotas and fair-share weights.")
+projects_app = typer.Typer(no_args_is_help=True, help="A tenant's projects: create, list, show, delete.")
 app.add_typer(dags_app, name="dags")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(pools_app, name="pools")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(projects_app, name="projects")
 T = TypeVar("T")
 
 
 def configure_logging(cfg: settings_mod.Settings, level: str | None = None) -> None:
-    lvl = getattr(logging, (level or cfg.logging.level).upper(), logging.INFO)
-    renderer = (
-        structlog.processors.JSONRenderer() if cfg.logging.format == "json" else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"), renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-    )
+    servicelog.configure(level or cfg.logging.level, cfg.logging.format, stdlib=True)
 
 
 def load_settings() -> settings_mod.Settings:

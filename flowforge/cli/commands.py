@@ -14,6 +14,7 @@ from flowforge.client import Client
 
 URL = typer.Option(None, "--url", envvar="FLOWFORGE_URL", help="API URL (default: from the credentials file).")
 TOKEN = typer.Option(None, "--token", envvar="FLOWFORGE_TOKEN", help="API token (default: from the credentials file).")
+PROJECT = typer.Option(None, "--project", envvar="FLOWFORGE_PROJECT", help="The project (default: `default`).")
 
 
 def _client(url: str | None, token: str | None) -> Client:
@@ -46,6 +47,7 @@ def submit(
     version: int = typer.Option(None, "--version", help="With --name: that version (default: the latest)."),
     param: list[str] = typer.Option([], "--param", "-p", help="A param override, key=value (repeatable)."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Show the run live until it ends; exit 0 only if it succeeded."),
+    project: str = PROJECT,
     url: str = URL,
     token: str = TOKEN,
 ) -> None:
@@ -59,10 +61,11 @@ def submit(
     console = render.console()
     with user_errors():
         if file is not None:
-            created = client.submit(dagfile.load(file), params=params)
+            created = client.submit(dagfile.load(file), params=params, project=project)
         else:
-            created = client.submit(name=name, version=version, params=params)
-        console.print(f"run {created['id']} of {created['dag']} v{created['version']} started")
+            created = client.submit(name=name, version=version, params=params, project=project)
+        where = "" if created.get("project", "default") == "default" else f" in project {created['project']}"
+        console.print(f"run {created['id']} of {created['dag']} v{created['version']} started{where}")
         if not wait:
             return
         run = render.watch(client.run, created["id"], console)
@@ -78,13 +81,14 @@ def runs(
     dag: str = typer.Option(None, help="Only runs of this DAG."),
     limit: int = typer.Option(20, min=1, max=500),
     cursor: str = typer.Option(None, help="The next page, from a previous listing."),
+    project: str = typer.Option(None, "--project", envvar="FLOWFORGE_PROJECT", help="Only runs of this project."),
     url: str = URL,
     token: str = TOKEN,
 ) -> None:
     """List runs, newest first."""
     client = _client(url, token)
     with user_errors():
-        page = client.runs(status=status, dag=dag, limit=limit, cursor=cursor)
+        page = client.runs(status=status, dag=dag, limit=limit, cursor=cursor, project=project)
     console = render.console()
     console.print(render.runs_table(page["items"]))
     if page["next_cursor"]:
@@ -119,6 +123,39 @@ def show_run(
 
 
 @app.command()
+def logs(
+    run_id: str,
+    task: str = typer.Option(None, "--task", help="Only this task's lines (its key, e.g. `fetch` or `work[3]`)."),
+    attempt: int = typer.Option(None, "--attempt", min=1, help="Only this attempt's lines."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the run ends."),
+    url: str = URL,
+    token: str = TOKEN,
+) -> None:
+    """Print a run's output lines; with -f, follow them live until the run ends."""
+    client = _client(url, token)
+
+    def show(line: dict[str, Any]) -> None:
+        typer.echo(f"{line['task']}#{line['attempt']} {line['stream']}: {line['line']}")
+
+    with user_errors():
+        if follow:
+            for line in client.follow_logs(run_id, task=task, attempt=attempt):
+                if "end" in line:
+                    typer.echo(f"run {run_id}: {line['end']}", err=True)
+                    break
+                show(line)
+            return
+        after = 0
+        while True:
+            page = client.logs(run_id, task=task, attempt=attempt, after=after)
+            for line in page["items"]:
+                show(line)
+            if not page["items"] and page["next_after"] == after:
+                break
+            after = page["next_after"]
+
+
+@app.command()
 def cancel(run_id: str, url: str = URL, token: str = TOKEN) -> None:
     """Cancel a pending or running run."""
     client = _client(url, token)
@@ -137,19 +174,19 @@ def retry(run_id: str, url: str = URL, token: str = TOKEN) -> None:
 
 
 @dags_app.command("push")
-def dags_push(file: Path, url: str = URL, token: str = TOKEN) -> None:
+def dags_push(file: Path, project: str = PROJECT, url: str = URL, token: str = TOKEN) -> None:
     """Store a DAG file as a template (a new version if it changed)."""
     from flowforge import dagfile
 
     client = _client(url, token)
     with user_errors():
-        stored, created = client.push_dag(dagfile.load(file))
+        stored, created = client.push_dag(dagfile.load(file), project=project)
     what = "created" if created else ("stored" if stored.get("stored") else "unchanged: equal to the latest version")
     typer.echo(f"DAG {stored['name']} v{stored['version']} {what} (versions: {', '.join(map(str, stored['versions']))})")
 
 
 @dags_app.command("list")
-def dags_list(url: str = URL, token: str = TOKEN) -> None:
+def dags_list(project: str = PROJECT, url: str = URL, token: str = TOKEN) -> None:
     """List DAG templates."""
     from rich.table import Table
 
@@ -160,7 +197,7 @@ def dags_list(url: str = URL, token: str = TOKEN) -> None:
     cursor = None
     with user_errors():
         while True:
-            page = client.dags(limit=500, cursor=cursor)
+            page = client.dags(limit=500, cursor=cursor, project=project)
             for d in page["items"]:
                 table.add_row(d["name"], str(d["version"]), str(d["versions"]), str(d["tasks"]), d["description"] or "")
             cursor = page["next_cursor"]
@@ -171,12 +208,12 @@ def dags_list(url: str = URL, token: str = TOKEN) -> None:
 
 @dags_app.command("show")
 def dags_show(name: str, version: int = typer.Option(None, help="Default: the latest."),
-              url: str = URL, token: str = TOKEN) -> None:
+              project: str = PROJECT, url: str = URL, token: str = TOKEN) -> None:
     """Print a template's spec (YAML) and its versions."""
     import yaml
 
     client = _client(url, token)
     with user_errors():
-        dag = client.dag(name, version)
+        dag = client.dag(name, version, project=project)
     typer.echo(f"# {dag['name']} v{dag['version']} (versions: {', '.join(map(str, dag['versions']))})")
     typer.echo(yaml.safe_dump(dag["spec"], sort_keys=False).rstrip())

@@ -109,27 +109,70 @@ def schema() -> None:
     typer.echo(json.dumps(pooling.PoolConfig.model_json_schema(), indent=2))
 
 
+_QUOTA_OPTIONS = ("max_cpu", "max_memory", "max_gpu", "max_active_runs", "max_dag_tasks")
+
+
+def _quota_value(option: str, value: str) -> Any:
+    """An option's value as the API takes it: `none` removes the limit; numbers stay numbers."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        if option in ("max_gpu", "max_active_runs", "max_dag_tasks"):
+            raise fail(f"--{option.replace('_', '-')}: {value!r} is not a whole number (or none)", 2) from None
+        return value  # a quantity: "500m", "8Gi"; the API checks it
+
+
+def describe_limits(now: dict[str, Any]) -> str:
+    def shown(name: str) -> str:
+        value = now.get(name)
+        return "unlimited" if value is None else str(value)
+
+    return ", ".join(f"{name} {shown(name)}" for name in _QUOTA_OPTIONS)
+
+
 @tenants_app.command("limits")
 def tenant_limits(
     tenant: str = typer.Argument(..., help="The tenant."),
     max_running: int = typer.Option(None, "--max-running", min=1, help="Attempts in flight at once."),
     no_limit: bool = typer.Option(False, "--no-limit", help="Remove the quota of attempts in flight."),
     weight: float = typer.Option(None, "--weight", min=0.001, help="Fair-share weight (default 1)."),
+    max_cpu: str = typer.Option(None, "--max-cpu", help="Cores of attempts in flight: 8, 2.5, 500m (none: no limit)."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory of attempts in flight: 32Gi, 512Mi (none: no limit)."),
+    max_gpu: str = typer.Option(None, "--max-gpu", help="GPUs of attempts in flight (none: no limit)."),
+    max_active_runs: str = typer.Option(None, "--max-active-runs", help="Pending or running runs (none: no limit)."),
+    max_dag_tasks: str = typer.Option(None, "--max-dag-tasks", help="Tasks of one run (none: no limit)."),
+    project: str = typer.Option(None, "--project", help="Show or set this project's limits (they narrow the tenant's)."),
     url: str = URL,
     token: str = TOKEN,
 ) -> None:
-    """Show a tenant's quota and weight; with options, set them (operator's admin token)."""
+    """Show a tenant's (or a project's) quotas and weight; with options, change those given and
+    keep the others (the operator's admin token; a project's also its tenant-admins)."""
     from flowforge.cli.base import user_errors
 
     if no_limit and max_running is not None:
         raise fail("give --max-running N or --no-limit, not both", 2)
+    if project is not None and weight is not None:
+        raise fail("--weight is a tenant's; a project has no weight of its own (drop --project or --weight)", 2)
+    given = {name: _quota_value(name, value) for name, value in (
+        ("max_cpu", max_cpu), ("max_memory", max_memory), ("max_gpu", max_gpu),
+        ("max_active_runs", max_active_runs), ("max_dag_tasks", max_dag_tasks)) if value is not None}
     client = _client(url, token)
     with user_errors():
-        now = client.tenant_limits(tenant)
-        if max_running is not None or no_limit or weight is not None:
-            now = client.set_tenant_limits(
-                tenant, None if no_limit else (max_running if max_running is not None else now["max_running_tasks"]),
-                weight if weight is not None else now["weight"],
-            )
+        now = client.tenant_limits(tenant) if project is None else client.project_limits(tenant, project)
+        if max_running is not None or no_limit or weight is not None or given:
+            quotas = {name: now.get(name) for name in _QUOTA_OPTIONS} | given
+            running = None if no_limit else (max_running if max_running is not None else now["max_running_tasks"])
+            if project is None:
+                now = client.set_tenant_limits(tenant, running, weight if weight is not None else now["weight"],
+                                               **quotas)
+            else:
+                now = client.set_project_limits(tenant, project, max_running_tasks=running, **quotas)
     limit = now["max_running_tasks"]
-    typer.echo(f"{tenant}: at most {limit if limit is not None else 'unlimited'} attempts in flight, weight {now['weight']:g}")
+    running_text = f"at most {limit if limit is not None else 'unlimited'} attempts in flight"
+    if project is None:
+        typer.echo(f"{tenant}: {running_text}, weight {now['weight']:g}")
+    else:
+        typer.echo(f"{tenant}/{project}: {running_text}")
+    typer.echo(f"  {describe_limits(now)}")

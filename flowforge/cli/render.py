@@ -48,9 +48,12 @@ def duration(start: Any, end: Any) -> str:
 def tasks_table(run: dict[str, Any], *, title: str | None = None, max_rows: int = 60) -> Table:
     """One row per task; a mapped task's instances are summed into its row."""
     table = Table(title=title, title_justify="left")
-    for col in ("task", "executor", "pool", "attempts", "duration", "status", "routed because"):
-        table.add_column(col, style="dim" if col == "routed because" else None)
     tasks = run["tasks"]
+    # Why queued tasks wait, when a quota holds them: a column only while some task does.
+    waiting = any(t.get("waiting_for") for t in tasks)
+    for col in ("task", "executor", "pool", "attempts", "duration", "status", "routed because",
+                *(("waiting for",) if waiting else ())):
+        table.add_column(col, style="dim" if col == "routed because" else ("yellow" if col == "waiting for" else None))
     rows = 0
     for t in tasks:
         if t.get("map_index") is not None:
@@ -61,18 +64,20 @@ def tasks_table(run: dict[str, Any], *, title: str | None = None, max_rows: int 
             attempts = f"{len(instances)} instances, {done} done"
         else:
             attempts = str(len(t.get("attempts") or ()))
+        why = t.get("waiting_for") or next((i["waiting_for"] for i in instances if i.get("waiting_for")), "")
         table.add_row(t["key"], t["executor"], t["pool"], attempts,
                       duration(t.get("started_at"), t.get("finished_at")), status(t["status"]),
-                      t.get("route_reason") or "")
+                      t.get("route_reason") or "", *((why,) if waiting else ()))
         rows += 1
         if rows >= max_rows:
-            table.add_row("…", "", "", "", "", "", "")
+            table.add_row("…", *([""] * (7 if waiting else 6)))
             break
     return table
 
 
 def run_header(run: dict[str, Any]) -> Text:
-    head = Text(f"run {run['id']}  {run['dag_name']} v{run['dag_version']}  ")
+    where = "" if run.get("project", "default") == "default" else f"  project {run['project']}"
+    head = Text(f"run {run['id']}  {run['dag_name']} v{run['dag_version']}{where}  ")
     head.append_text(status(run["status"]))
     if run.get("error"):
         head.append(f"  {run['error']}", style="red")
@@ -92,13 +97,13 @@ def watch(fetch: Any, run_id: str, console: Console, *, poll_s: float = 0.25) ->
 
 def runs_table(items: list[dict[str, Any]]) -> Table:
     table = Table()
-    for col in ("id", "DAG", "version", "status", "tasks", "created", "duration"):
+    for col in ("id", "project", "DAG", "version", "status", "tasks", "created", "duration"):
         table.add_column(col)
     for r in items:
         counts = r.get("task_counts") or {}
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         created = _when(r["created_at"])
-        table.add_row(r["id"], r["dag_name"], str(r["dag_version"]), status(r["status"]), summary,
+        table.add_row(r["id"], r.get("project", ""), r["dag_name"], str(r["dag_version"]), status(r["status"]), summary,
                       created.strftime("%Y-%m-%d %H:%M:%S") if created else "",
                       duration(r.get("started_at"), r.get("finished_at")))
     return table

@@ -108,9 +108,11 @@ def coordinator() -> None:
     configure_logging(cfg)
 
     async def started(stack, services) -> None:  # type: ignore[no-untyped-def]
-        typer.echo(f"coordinator running (postgres: {redact(services.database_url)}, redis: {services.redis_url})")
+        served = f", metrics: {stack.metrics_server.url}/metrics" if stack.metrics_server else ""
+        typer.echo(f"coordinator running (postgres: {redact(services.database_url)}, redis: {services.redis_url}"
+                   f"{served})")
 
-    _run_stack(cfg, started, "flowforge coordinator")
+    _run_stack(cfg, started, "flowforge coordinator", metrics_port=cfg.coordinator.metrics_port)
 
 
 @app.command()
@@ -162,6 +164,8 @@ def tokens_create(
     role: str = typer.Option(None, help="admin (operator's tenant only), tenant-admin, member or viewer "
                                         "(default: admin for tenant default, else tenant-admin)."),
     expires_in: str = typer.Option(None, "--expires-in", help="e.g. 30d, 12h, 90m (default: never)."),
+    project: list[str] = typer.Option([], "--project", help="Scope the token to this project (repeatable; "
+                                                             "default: every project of the tenant)."),
 ) -> None:
     """Create an API token and print it (it is shown once; only its hash is stored)."""
     import re
@@ -186,7 +190,8 @@ def tokens_create(
     async def main() -> str:
         store = pg_store.PostgresStore.connect(services.database_url)
         try:
-            return await catalog_mod.Catalog(store.engine).create_token(tenant, name, role, ttl)
+            return await catalog_mod.Catalog(store.engine).create_token(tenant, name, role, ttl, project or None,
+                                                                        field="--project")
         finally:
             await store.close()
 

@@ -87,6 +87,7 @@ class Run:
     dag: CompiledDag
     params: dict[str, Any]
     status: RunStatus = RunStatus.PENDING
+    project: str = "default"
     cancel_requested: bool = False
     retries: int = 0  # run retries applied so far: the generation cancel and retry events name
     heavy: frozenset[str] = frozenset()  # names of tasks the router sent to fresh Pods
@@ -100,8 +101,8 @@ class Run:
 
     @classmethod
     def new(cls, run_id: str, tenant: str, dag: CompiledDag, params: dict[str, Any],
-            heavy: frozenset[str] = frozenset()) -> Run:
-        run = cls(run_id=run_id, tenant=tenant, dag=dag, params=params, heavy=heavy)
+            heavy: frozenset[str] = frozenset(), project: str = "default") -> Run:
+        run = cls(run_id=run_id, tenant=tenant, dag=dag, params=params, heavy=heavy, project=project)
         for name in dag.graph.order:
             run.put(Task(key=name, name=name))
         return run
@@ -120,10 +121,12 @@ class Run:
         error: str | None = None,
         retries: int = 0,
         heavy: frozenset[str] = frozenset(),
+        project: str = "default",
     ) -> Run:
         run = cls(
             run_id=run_id,
             tenant=tenant,
+            project=project,
             dag=dag,
             params=params,
             status=status,

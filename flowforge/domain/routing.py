@@ -45,6 +45,7 @@ class SlotShape:
     capacity: int
     cpu: Decimal = Decimal(1)
     memory: Decimal = Decimal(2**30)
+    gpu: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)

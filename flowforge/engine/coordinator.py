@@ -6,21 +6,24 @@ work the reconciler finds again, never a transition that was announced but not s
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from flowforge import errors, ports, wire
-from flowforge.domain import machine, model, spec
+from flowforge import errors, keys, ports, wire
+from flowforge.domain import machine, model, routing, spec
 from flowforge.domain.model import Run
-from flowforge.domain.states import RUN_TERMINAL, TASK_ACTIVE
+from flowforge.domain.states import RUN_TERMINAL, TASK_ACTIVE, TaskStatus
 from flowforge.engine import scheduling, timers
 
 log = structlog.get_logger("flowforge.coordinator")
+WAITS_EVERY_S = 0.5  # how often the quota wait reasons are recomputed (and published if changed)
+WAITS_TTL_S = 10.0  # published reasons expire unless refreshed (a coordinator that died)
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,19 @@ class Coordinator:
         clock: ports.Clock,
         capacity: Callable[[str], int],
         options: Options,
+        shapes: Mapping[str, routing.SlotShape] | None = None,
+        metrics: ports.Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.queue = queue
         self.clock = clock
         self.options = options
+        # What a light attempt of each pool counts against quotas: its slot's share of an agent.
+        self._slot_costs = {pool: scheduling.slot_cost(shape) for pool, shape in (shapes or {}).items()}
+        self._waits: dict[str, str] = {}  # the quota wait reasons last published
+        self._waits_checked = 0.0
+        self._waits_published = 0.0
         self.runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()  # run id -> (run, partition)
         self.scheduler = scheduling.Scheduler(capacity, options.prefetch, fair=options.fair_share)
         self.timers = timers.Timers()
@@ -75,15 +86,22 @@ class Coordinator:
         self._stopping.set()
 
     async def follow_tenant_limits(self, every_s: float = 1.0) -> None:
-        """Keep the scheduler's tenant quotas and weights as Postgres has them."""
+        """Keep the scheduler's quotas (tenants' and projects') and weights as Postgres has them."""
         read = getattr(self.store, "tenant_limits", None)
         if read is None:
             return
         while not self._stopping.is_set():
             try:
-                quotas, weights = await read()
-                self.scheduler.set_quotas(quotas)
-                self.scheduler.set_weights(weights)
+                found = await read()
+                if isinstance(found, ports.Quotas):
+                    self.scheduler.set_limits(
+                        {t: scheduling.Quota(**q) for t, q in found.tenants.items()},
+                        {k: scheduling.Quota(**q) for k, q in found.projects.items()},
+                    )
+                    self.scheduler.set_weights(found.weights)
+                else:  # (quotas of attempts in flight, weights)
+                    self.scheduler.set_quotas(found[0])
+                    self.scheduler.set_weights(found[1])
             except errors.TemporaryError as exc:
                 log.warning("coordinator.tenant_limits_unavailable", error=str(exc))
             await asyncio.sleep(every_s)
@@ -92,6 +110,7 @@ class Coordinator:
         while not self._stopping.is_set():
             try:
                 await self.cycle()
+                await self.publish_waits()
             except errors.TemporaryError as exc:
                 log.warning("coordinator.backend_unavailable", error=str(exc))
                 await self._reset(exc.delay)
@@ -108,6 +127,39 @@ class Coordinator:
             if reset is not None:
                 reset()
         await asyncio.sleep(delay)
+
+    async def publish_waits(self) -> None:
+        """Tell the API which queued attempts wait for a quota, and which limit.
+
+        Why this way: a held attempt's row is not written at all. Every WAITS_EVERY_S the
+        scheduler names the lanes (pool, tenant, project) whose head does not fit a quota, and
+        so wait whole: O(lanes), never O(tasks). That small map goes to Redis, in one hash per
+        partition this coordinator serves, only when it changed (or to refresh its TTL, so a
+        dead coordinator's reasons expire). The API attaches the reason to the tasks of a run
+        that are queued, not yet dispatched, in such a lane. Writing a reason on each held
+        task's row instead would cost a Postgres write per task when it becomes held and again
+        when it stops being held, for tasks that may number in the hundreds of thousands."""
+        publish = getattr(self.queue, "publish_waits", None)
+        now = time.monotonic()
+        if publish is None or now - self._waits_checked < WAITS_EVERY_S:
+            return
+        self._waits_checked = now
+        waits = {keys.quota_wait_field(*lane): why for lane, why in self.scheduler.quota_waits().items()}
+        if waits == self._waits and (not waits or now - self._waits_published < WAITS_TTL_S / 3):
+            return
+        try:
+            await publish(self.options.partitions, waits, WAITS_TTL_S)
+        except Exception as exc:  # best effort: never a reason to stop dispatching
+            log.warning("coordinator.waits_unpublished", error=repr(exc))
+            return
+        self._waits, self._waits_published = waits, now
+
+    def cost_of(self, run: Run, name: str, pool: str) -> scheduling.Cost:
+        """What an attempt of task `name` counts against quotas while in flight: a heavy one its
+        Pod's requests, a light one its slot's share of the pool's agent."""
+        if pool == model.HEAVY_POOL:
+            return _request_cost(run.dag.tasks[name].resources)
+        return self._slot_costs.get(pool, scheduling.NO_COST)
 
     # ---- one cycle -----------------------------------------------------------------------
 
@@ -173,8 +225,7 @@ class Coordinator:
             except Exception as exc:
                 error = repr(exc)
             substitute = _substitute(parsed, error) if parsed else None
-            log.error("coordinator.poison_event", run=parsed[0] if parsed else None, error=error,
-                      substituted=substitute is not None)
+            log.error("coordinator.poison_event", **_context(parsed), error=error, substituted=substitute is not None)
             try:
                 if substitute is not None:
                     await self.handle_events([substitute], acks, now)
@@ -182,7 +233,7 @@ class Coordinator:
             except errors.TemporaryError:
                 raise
             except Exception:
-                log.exception("coordinator.poison_event_dropped", run=parsed[0] if parsed else None)
+                log.exception("coordinator.poison_event_dropped", **_context(parsed))
             if acks:  # drop it: acknowledged without effect, so it is not read again
                 await self.queue.commit((), (), acks)
 
@@ -271,6 +322,13 @@ class Coordinator:
 
     def _apply(self, run: Run, partition: int, event: machine.Event, cyc: _Cycle) -> None:
         before_status, before_cancel, before_retries = run.status, run.cancel_requested, run.retries
+        m, unstarted = self.metrics, None
+        if m is not None and (type(event) is machine.Finished or type(event) is machine.Started):
+            # An attempt not known to have started yet: its start is learnt from this event
+            # (quick attempts announce their start only in their result).
+            prior = run.tasks.get(event.key)
+            if prior is not None and prior.attempt == event.attempt and prior.status == TaskStatus.QUEUED:
+                unstarted = event
         effects = machine.advance(run, event, cyc.now, self.options.machine)
         if not effects and run.cancel_requested == before_cancel:
             return
@@ -297,8 +355,14 @@ class Coordinator:
                     pass  # the attempt row is written when the attempt is dispatched
                 case machine.AttemptChanged():
                     _merge_attempt(b, run, fx)
+                    if fx.status == "failed":
+                        log.info("coordinator.attempt_failed", tenant=run.tenant, run=run.run_id, task=fx.key,
+                                 attempt=fx.attempt, reason=fx.reason)
+                    if m is not None:
+                        self._observe(m, run, fx, unstarted)
                 case machine.Enqueue(task=task):
-                    self.scheduler.offer(ready_item(run, partition, task, fx, cyc.now))
+                    self.scheduler.offer(ready_item(run, partition, task, fx, cyc.now,
+                                                    self.cost_of(run, task.name, fx.pool)))
                 case machine.StopAttempt(key=key, attempt=n):
                     cyc.stops.append((run.run_id, key, n))
                 case machine.ArmTimer(key=key, attempt=n, kind=kind, at=at):
@@ -311,6 +375,30 @@ class Coordinator:
                 run.run_id, prior.before if prior else before_status, run.status,
                 run.cancel_requested, run.error, cyc.now, run.retries,
             )
+            if m is not None and run.status in RUN_TERMINAL and before_status not in RUN_TERMINAL:
+                m.run_ended(run.tenant, run.status)
+
+    def _observe(self, m: ports.Metrics, run: Run, fx: machine.AttemptChanged,
+                 unstarted: machine.Started | machine.Finished | None) -> None:
+        """Dispatch-to-start when an attempt's start becomes known (from `unstarted`, the event
+        of an attempt not known to have started); its duration when it ends. (A cycle replayed
+        after a compare-and-set conflict observes its attempts again: rare.)"""
+        status = fx.status
+        task = run.tasks[fx.key]
+        pool = run.dispatch_pool(task.name)
+        began = fx.started_at
+        if unstarted is not None and unstarted.key == fx.key and unstarted.attempt == fx.attempt:
+            reported = unstarted.started_at if type(unstarted) is machine.Finished else began
+            if reported is None:
+                began = None  # ended without ever starting (dead-lettered)
+            elif began is not None:
+                since = self.scheduler.since(run.run_id, fx.key)
+                if since is not None:
+                    m.started(pool, began - since)
+        elif began is None and task.attempt == fx.attempt:
+            began = task.started_at  # stopped by a timer or a cancel while running
+        if status != "running" and began is not None and fx.finished_at is not None:
+            m.finished(pool, status, fx.finished_at - began)
 
     def _schedule(self, cyc: _Cycle) -> list[tuple[int, str, bytes]]:
         out = []
@@ -323,7 +411,8 @@ class Coordinator:
             return task is not None and task.attempt == item.attempt and task.status in TASK_ACTIVE
 
         dispatched = self.clock.now()  # after this cycle's loads: when the hand-off begins
-        for item in self.scheduler.take(wanted, cyc.now):
+        m = self.metrics
+        for item in self.scheduler.take(wanted, dispatched):
             cyc.touched.add(item.run_id)
             env = dict(item.envelope, dispatched_at=dispatched)
             out.append((item.partition, item.pool, wire.pack(wire.DISPATCH, **env)))
@@ -333,6 +422,8 @@ class Coordinator:
                 item.run_id, item.tenant, item.key, item.attempt, "queued", pool=item.pool,
                 queued_at=item.envelope["queued_at"], dispatched_at=dispatched,
             )
+            if m is not None:
+                m.dispatched(item.tenant, item.pool, dispatched - item.envelope["queued_at"])
         return out
 
     # ---- the run cache -------------------------------------------------------------------
@@ -358,13 +449,17 @@ class Coordinator:
                 try:
                     args = model.resolve_args(run, task)
                 except Exception as exc:  # the machine fails the task on its next event
-                    log.warning("coordinator.unresolvable_args", run=run.run_id, task=task.key, error=str(exc))
+                    log.warning("coordinator.unresolvable_args", run=run.run_id, task=task.key, attempt=task.attempt,
+                                error=str(exc))
                     continue
                 fx = machine.Enqueue(task, run.dispatch_pool(task.name), tspec.fn, args, tspec.timeout_seconds)
-                self.scheduler.offer(ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now()))
+                self.scheduler.offer(ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now(),
+                                                self.cost_of(run, task.name, fx.pool)))
             elif task.key in lr.dispatched_at:
+                pool = run.dispatch_pool(task.name)
                 self.scheduler.mark_inflight(
-                    run.run_id, task.key, run.dispatch_pool(task.name), lr.dispatched_at[task.key], run.tenant
+                    run.run_id, task.key, pool, lr.dispatched_at[task.key], run.tenant,
+                    project=run.project, cost=self.cost_of(run, task.name, pool),
                 )
 
     def _forget(self, run_ids: set[str]) -> None:
@@ -378,7 +473,8 @@ class Coordinator:
         return entry[0] if entry else None
 
 
-def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, now: float) -> scheduling.Ready:
+def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, now: float,
+               cost: scheduling.Cost = scheduling.NO_COST) -> scheduling.Ready:
     envelope: dict[str, Any] = {
         "tenant": run.tenant,
         "run": run.run_id,
@@ -398,7 +494,12 @@ def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, 
     if fx.pool == model.HEAVY_POOL:
         envelope["pod"] = pod_request(run.dag.tasks[task.name])
     return scheduling.Ready(run.run_id, partition, run.tenant, task.key, task.attempt, fx.pool, envelope,
-                            run.dag.tasks[task.name].priority)
+                            run.dag.tasks[task.name].priority, run.project, cost)
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_cost(resources: spec.Resources) -> scheduling.Cost:
+    return scheduling.request_cost(resources)
 
 
 def pod_request(t: spec.TaskSpec) -> dict[str, Any]:
@@ -424,6 +525,14 @@ def _merge_attempt(b: ports.WriteBatch, run: Run, fx: machine.AttemptChanged) ->
             setattr(w, name, value)
     if fx.logs:
         w.logs = list(fx.logs)
+
+
+def _context(parsed: tuple[str, machine.Event] | None) -> dict[str, Any]:
+    """The run, task and attempt an event is about, for a log line."""
+    if parsed is None:
+        return {"run": None}
+    run_id, ev = parsed
+    return {"run": run_id, "task": getattr(ev, "key", None), "attempt": getattr(ev, "attempt", None)}
 
 
 def _generation(env: dict[str, Any]) -> int | None:

@@ -7,9 +7,55 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
+
+from flowforge.domain import quotas, routing, spec
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one attempt in flight counts against its tenant's and project's resource quotas."""
+
+    cpu: int = 0  # millicores
+    memory: int = 0  # bytes
+    gpu: int = 0  # thousandths of a GPU: a light slot may hold a fraction of its agent's GPUs
+
+
+NO_COST = Cost()
+
+
+def _ceil(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_CEILING))
+
+
+def slot_cost(shape: routing.SlotShape) -> Cost:
+    """A light attempt's cost: its slot's share of the pool's agent (resources / slots)."""
+    return Cost(_ceil(shape.cpu * 1000), _ceil(shape.memory), _ceil(shape.gpu * 1000))
+
+
+def request_cost(resources: spec.Resources) -> Cost:
+    """A heavy attempt's cost: its Pod's requests (an unset request counts 0)."""
+    return Cost(
+        _ceil(routing.quantity(resources.cpu) * 1000) if resources.cpu is not None else 0,
+        _ceil(routing.quantity(resources.memory)) if resources.memory is not None else 0,
+        resources.gpu * 1000,
+    )
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits on what one tenant, or one project of a tenant, has in flight; None: no limit."""
+
+    max_running_tasks: int | None = None
+    max_cpu: int | None = None  # millicores
+    max_memory: int | None = None  # bytes
+    max_gpu: int | None = None  # GPUs
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.max_running_tasks, self.max_cpu, self.max_memory, self.max_gpu))
 
 
 @dataclass(frozen=True)
@@ -22,47 +68,109 @@ class Ready:
     pool: str
     envelope: dict[str, Any]
     priority: int = 0  # higher first, within its tenant
+    project: str = "default"
+    cost: Cost = NO_COST
 
 
-def _anyone(tenant: str) -> bool:
+def _anyone(item: Ready) -> bool:
     return True
 
 
+_IDLE = (0, 0, 0, 0)  # the usage of a scope with nothing in flight
+
+
+def _amount(limit: str, value: int) -> str:
+    if limit == "max_cpu":
+        return quotas.format_cores(value)
+    if limit == "max_memory":
+        return quotas.format_memory(value)
+    if limit == "max_gpu":
+        return quotas.format_gpu(value)
+    return str(value)
+
+
+def wait_reason(scope: tuple[str, str | None], limit: str, allowed: int, used: int, needed: int) -> str:
+    """Why an attempt waits: "quota: tenant acme max_gpu 2 (2 in use)", or "quota: project
+    acme/ml max_cpu 4 (3.5 in use)"; says so when the attempt alone needs more than the limit."""
+    tenant, project = scope
+    who = f"tenant {tenant}" if project is None else f"project {tenant}/{project}"
+    text = f"quota: {who} {limit} {_amount(limit, allowed)} ({_amount(limit, used)} in use)"
+    if needed > allowed:
+        text += f"; the task alone needs {_amount(limit, needed)}: raise {limit} or lower its request"
+    return text
+
+
+_Entry = tuple[int, int, Ready]  # (-priority, arrival, item): a heap orders by the first two
+
+
 class _Pool:
-    """One pool's ready attempts: a queue per tenant (highest priority first, then arrival),
-    and each tenant's virtual finish time for weighted fair queueing."""
+    """One pool's ready attempts: per tenant, a queue per project (highest priority first, then
+    arrival), and each tenant's virtual finish time for weighted fair queueing. A project's queue
+    is a lane: its head waits for its quotas, and what queues behind it waits with it."""
 
     def __init__(self) -> None:
-        self.queues: dict[str, list[tuple[int, int, Ready]]] = {}  # tenant -> heap of (-priority, seq, item)
+        self.queues: dict[str, dict[str, list[_Entry]]] = {}  # tenant -> project -> heap
         self.passes: dict[str, float] = {}  # tenant -> virtual time of its next dispatch
         self.clock = 0.0  # virtual time of the last dispatch
         self.size = 0
 
-    def push(self, tenant: str, priority: int, seq: int, item: Ready) -> None:
-        queue = self.queues.get(tenant)
-        if queue is None:  # (re)activated: no credit for the time it was idle
-            queue = self.queues[tenant] = []
+    def push(self, tenant: str, priority: int, seq: int, item: Ready, project: str = "") -> None:
+        lanes = self.queues.get(tenant)
+        if lanes is None:  # (re)activated: no credit for the time it was idle
+            lanes = self.queues[tenant] = {}
             self.passes[tenant] = max(self.passes.get(tenant, 0.0), self.clock)
+        queue = lanes.get(project)
+        if queue is None:
+            queue = lanes[project] = []
         heapq.heappush(queue, (-priority, seq, item))
         self.size += 1
 
-    def pop(self, allowed: Callable[[str], bool]) -> Ready | None:
-        """The next attempt: the head of the tenant furthest behind its share, among those
-        `allowed` (under their quota); None when none is."""
-        eligible = [t for t in self.queues if allowed(t)]
-        if not eligible:
+    def pop(self, allowed: Callable[[Ready], bool], share: Callable[[str], float]) -> Ready | None:
+        """The next attempt: the head of the tenant holding the smallest weighted share of the
+        pool's slots (`share`), then the one furthest behind in dispatches, among those with a
+        lane whose head is `allowed` (within its quotas); None when none is. O(lanes)."""
+        check = None if allowed is _anyone else allowed
+        passes = self.passes
+        best_rank: tuple[float, float, str] | None = None
+        best = ("", "")
+        for tenant, lanes in self.queues.items():
+            if len(lanes) == 1:  # the common case: one project's attempts in this pool
+                lane = next(iter(lanes))
+                if check is not None and not check(lanes[lane][0][2]):
+                    continue
+            else:
+                head: _Entry | None = None
+                for project, queue in lanes.items():
+                    entry = queue[0]  # (-priority, arrival, item): arrival is unique
+                    if (head is None or entry < head) and (check is None or check(entry[2])):
+                        head, lane = entry, project
+                if head is None:
+                    continue
+            rank = (share(tenant), passes[tenant], tenant)
+            if best_rank is None or rank < best_rank:
+                best_rank, best = rank, (tenant, lane)
+        if best_rank is None:
             return None
-        tenant = min(eligible, key=lambda t: (self.passes[t], t))
-        queue = self.queues[tenant]
+        tenant, lane = best
+        lanes = self.queues[tenant]
+        queue = lanes[lane]
         item = heapq.heappop(queue)[2]
         self.size -= 1
         if not queue:
-            del self.queues[tenant]
+            del lanes[lane]
+            if not lanes:
+                del self.queues[tenant]
         return item
 
     def peek(self) -> Ready:
         tenant = min(self.queues, key=lambda t: (self.passes[t], t))
-        return self.queues[tenant][0][2]
+        return min(q[0] for q in self.queues[tenant].values())[2]
+
+    def heads(self) -> Iterator[Ready]:
+        """The head of every lane."""
+        for lanes in self.queues.values():
+            for queue in lanes.values():
+                yield queue[0][2]
 
     def charge(self, tenant: str, weight: float) -> None:
         """Count one dispatch against `tenant`'s share."""
@@ -70,23 +178,37 @@ class _Pool:
         self.passes[tenant] = self.passes.get(tenant, self.clock) + 1.0 / max(weight, 1e-6)
 
     def remove(self, drop: Callable[[Ready], bool]) -> None:
-        for tenant, queue in list(self.queues.items()):
-            kept = [entry for entry in queue if not drop(entry[2])]
-            if len(kept) != len(queue):
-                self.size -= len(queue) - len(kept)
-                if kept:
-                    heapq.heapify(kept)
-                    self.queues[tenant] = kept
-                else:
-                    del self.queues[tenant]
+        for tenant, lanes in list(self.queues.items()):
+            for project, queue in list(lanes.items()):
+                kept = [entry for entry in queue if not drop(entry[2])]
+                if len(kept) != len(queue):
+                    self.size -= len(queue) - len(kept)
+                    if kept:
+                        heapq.heapify(kept)
+                        lanes[project] = kept
+                    else:
+                        del lanes[project]
+            if not lanes:
+                del self.queues[tenant]
 
 
 class Scheduler:
-    """Dispatches ready attempts into free slots only. With `fair`, each pool's free slots go
-    to tenants by weighted fair share (a tenant with weight 2 gets twice the dispatches of one
-    with weight 1 while both wait), highest priority first within a tenant; no tenant starves,
-    and an idle tenant earns no credit to burst with later. Without it: one queue, first come,
-    first served."""
+    """Dispatches ready attempts into free slots only. With `fair`, each pool's slots are
+    shared by weight: a free slot goes to the waiting tenant that holds the fewest of the pool's
+    slots per unit of weight (so, while both wait, a tenant with weight 2 holds twice the slots
+    of one with weight 1, however long their tasks run), ties to the one furthest behind in
+    dispatches; highest priority first within a tenant. A tenant that arrives while another
+    holds every slot gets each slot that frees until it holds its share; none starves, and an
+    idle tenant earns no credit to burst with later. Without `fair`: one queue, first come,
+    first served.
+
+    Quotas: an attempt is dispatched only if it fits every limit of its tenant and of its
+    project (attempts in flight, and the summed CPU, memory and GPU of their costs). Each
+    project's attempts queue in a lane of their own, in priority order; a lane whose head does
+    not fit waits whole (what is behind it does not overtake it, so a large request is not
+    starved by a stream of small ones), while other lanes and tenants go on. A pop looks at
+    each lane's head only: O(lanes), never O(queue). `quota_waits` says which lanes wait for
+    which limit."""
 
     def __init__(self, capacity: Callable[[str], int], prefetch: float, *, fair: bool = True,
                  weight: Callable[[str], float] = lambda tenant: 1.0) -> None:
@@ -97,11 +219,15 @@ class Scheduler:
         self._default_weight = weight
         self._pools: dict[str, _Pool] = {}
         self._seq = itertools.count()
-        self._inflight: dict[tuple[str, str], tuple[str, str]] = {}  # (run, key) -> (pool, tenant)
-        self._running: dict[str, int] = {}  # tenant -> attempts in flight
-        self._max_running: dict[str, int] = {}  # tenant -> quota of attempts in flight
+        # (run, key) -> (pool, tenant, project, cost)
+        self._inflight: dict[tuple[str, str], tuple[str, str, str, Cost]] = {}
+        # Scope -> [attempts, millicores, bytes, thousandths of a GPU] in flight, and its quota.
+        # A scope is (tenant, None) for the whole tenant, (tenant, project) for one project.
+        self._usage: dict[tuple[str, str | None], list[int]] = {}
+        self._limits: dict[tuple[str, str | None], Quota] = {}
         self._since: dict[tuple[str, str], float] = {}  # (run, key) -> when it went in flight
-        self._busy: dict[str, int] = {}
+        self._busy: dict[str, int] = {}  # pool -> attempts in flight
+        self._holding: dict[tuple[str, str], int] = {}  # (pool, tenant) -> attempts in flight
         self._held: dict[str, int] = {}  # run -> its attempts waiting here or in flight
 
     def offer(self, item: Ready) -> None:
@@ -109,7 +235,7 @@ class Scheduler:
         if pool is None:
             pool = self._pools[item.pool] = _Pool()
         if self._fair:
-            pool.push(item.tenant, item.priority, next(self._seq), item)
+            pool.push(item.tenant, item.priority, next(self._seq), item, item.project)
         else:
             pool.push("", 0, next(self._seq), item)
         self._hold(item.run_id, +1)
@@ -140,50 +266,131 @@ class Scheduler:
         self._weight = lambda tenant: weights.get(tenant) or default(tenant)
 
     def set_quotas(self, max_running: dict[str, int]) -> None:
-        """Tenants' quotas of attempts in flight (all pools); the next dispatch obeys them.
-        Attempts already in flight above a lowered quota finish; none starts until below it."""
-        self._max_running = dict(max_running)
+        """Tenants' quotas of attempts in flight (all pools), and no other limit."""
+        self.set_limits({t: Quota(max_running_tasks=n) for t, n in max_running.items()})
 
-    def _under_quota(self, tenant: str) -> bool:
-        limit = self._max_running.get(tenant)
-        return limit is None or self._running.get(tenant, 0) < limit
+    def set_limits(self, tenants: Mapping[str, Quota],
+                   projects: Mapping[tuple[str, str], Quota] | None = None) -> None:
+        """Every tenant's quotas, and the projects' that narrow them (all pools); the next
+        dispatch obeys them. Attempts already in flight above a lowered limit finish; none
+        starts until it fits."""
+        limits: dict[tuple[str, str | None], Quota] = {(t, None): q for t, q in tenants.items() if q}
+        limits.update({(t, p): q for (t, p), q in (projects or {}).items() if q})
+        self._limits = limits
+
+    def _blocker(self, item: Ready) -> tuple[tuple[str, str | None], str, int, int, int] | None:
+        """The first limit `item` would exceed, as (scope, limit name, limit, in use, needed)
+        in the limit's unit, or None when it fits them all."""
+        if not self._limits:
+            return None
+        for scope in ((item.tenant, None), (item.tenant, item.project)):
+            q = self._limits.get(scope)
+            if q is None:
+                continue
+            used = self._usage.get(scope) or _IDLE
+            c = item.cost
+            if q.max_running_tasks is not None and used[0] >= q.max_running_tasks:
+                return scope, "max_running_tasks", q.max_running_tasks, used[0], 1
+            if q.max_cpu is not None and c.cpu and used[1] + c.cpu > q.max_cpu:
+                return scope, "max_cpu", q.max_cpu, used[1], c.cpu
+            if q.max_memory is not None and c.memory and used[2] + c.memory > q.max_memory:
+                return scope, "max_memory", q.max_memory, used[2], c.memory
+            if q.max_gpu is not None and c.gpu and used[3] + c.gpu > q.max_gpu * 1000:
+                return scope, "max_gpu", q.max_gpu * 1000, used[3], c.gpu
+        return None
+
+    def _fits(self, item: Ready) -> bool:
+        return self._blocker(item) is None
+
+    def quota_waits(self) -> dict[tuple[str, str, str], str]:
+        """(pool, tenant, project) -> why that lane waits, for each lane whose head does not
+        fit a quota: everything queued in the lane waits for that limit (e.g. "quota: tenant
+        acme max_gpu 2 (2 in use)"). O(lanes)."""
+        out: dict[tuple[str, str, str], str] = {}
+        if not self._limits:
+            return out
+        for name, pool in self._pools.items():
+            for item in pool.heads():
+                found = self._blocker(item)
+                if found is not None:
+                    out[(name, item.tenant, item.project)] = wait_reason(*found)
+        return out
+
+    def usage(self, tenant: str, project: str | None = None) -> Cost:
+        """What a tenant (or one of its projects) has in flight, as a summed cost."""
+        used = self._usage.get((tenant, project)) or _IDLE
+        return Cost(used[1], used[2], used[3])
+
+    def running(self, tenant: str, project: str | None = None) -> int:
+        """Attempts a tenant (or one of its projects) has in flight."""
+        return (self._usage.get((tenant, project)) or _IDLE)[0]
+
+    def _count(self, tenant: str, project: str, cost: Cost, sign: int) -> None:
+        for scope in ((tenant, None), (tenant, project)):
+            used = self._usage.get(scope)
+            if used is None:
+                used = self._usage[scope] = [0, 0, 0, 0]
+            used[0] += sign
+            used[1] += sign * cost.cpu
+            used[2] += sign * cost.memory
+            used[3] += sign * cost.gpu
+            if used[0] <= 0:
+                del self._usage[scope]
+
+    def _share(self, pool: str) -> Callable[[str], float]:
+        """A tenant's weighted share of `pool`'s slots: its attempts in flight there / weight."""
+        if not self._fair:
+            return lambda tenant: 0.0
+        holding, weight = self._holding, self._weight
+        return lambda tenant: holding.get((pool, tenant), 0) / max(weight(tenant), 1e-6)
 
     def take(self, still_wanted: Callable[[Ready], bool], now: float = 0.0) -> Iterator[Ready]:
         """Yield the ready attempts to dispatch now, marking them in flight."""
         for name, pool in self._pools.items():
             free = self.free(name)
             while pool.size and free > 0:
-                if not self._fair and not self._under_quota(pool.peek().tenant):
-                    break  # first come, first served: the head waits for its tenant's quota
-                item = pool.pop(self._under_quota if self._fair else _anyone)
+                if not self._fair and not self._fits(pool.peek()):
+                    break  # first come, first served: the head waits for its quotas
+                item = pool.pop(self._fits if self._fair and self._limits else _anyone, self._share(name))
                 if item is None:
                     break  # what waits belongs to tenants at their quota
                 self._hold(item.run_id, -1)
                 if not still_wanted(item):
                     continue  # a stale attempt: dropped, and not counted against its tenant
                 pool.charge(item.tenant if self._fair else "", self._weight(item.tenant))
-                self.mark_inflight(item.run_id, item.key, name, now, item.tenant)
+                self.mark_inflight(item.run_id, item.key, name, now, item.tenant,
+                                   project=item.project, cost=item.cost)
                 free -= 1
                 yield item
 
-    def mark_inflight(self, run_id: str, key: str, pool: str, since: float = 0.0, tenant: str = "") -> None:
+    def mark_inflight(self, run_id: str, key: str, pool: str, since: float = 0.0, tenant: str = "", *,
+                      project: str = "default", cost: Cost = NO_COST) -> None:
         if (run_id, key) not in self._inflight:
-            self._inflight[(run_id, key)] = (pool, tenant)
+            self._inflight[(run_id, key)] = (pool, tenant, project, cost)
             self._since[(run_id, key)] = since
             self._busy[pool] = self._busy.get(pool, 0) + 1
-            self._running[tenant] = self._running.get(tenant, 0) + 1
+            self._holding[(pool, tenant)] = self._holding.get((pool, tenant), 0) + 1
+            self._count(tenant, project, cost, +1)
             self._hold(run_id, +1)
 
     def oldest_inflight(self) -> float | None:
         return min(self._since.values(), default=None)
 
+    def since(self, run_id: str, key: str) -> float | None:
+        """When the task's attempt in flight was dispatched (None: not in flight)."""
+        return self._since.get((run_id, key))
+
     def done(self, run_id: str, key: str) -> None:
         self._since.pop((run_id, key), None)
         found = self._inflight.pop((run_id, key), None)
         if found is not None:
-            pool, tenant = found
+            pool, tenant, project, cost = found
             self._busy[pool] -= 1
-            self._running[tenant] -= 1
+            if self._holding[(pool, tenant)] > 1:
+                self._holding[(pool, tenant)] -= 1
+            else:
+                del self._holding[(pool, tenant)]
+            self._count(tenant, project, cost, -1)
             self._hold(run_id, -1)
 
     def forget_runs(self, run_ids: set[str]) -> None:
@@ -199,7 +406,7 @@ class Scheduler:
 
     def inflight(self) -> dict[tuple[str, str], str]:
         """(run, task key) -> pool, of every attempt in flight."""
-        return {k: pool for k, (pool, _tenant) in self._inflight.items()}
+        return {k: v[0] for k, v in self._inflight.items()}
 
     def depth(self) -> dict[str, int]:
         return {name: pool.size for name, pool in self._pools.items()}

@@ -14,13 +14,16 @@ from typing import Any, Protocol
 import structlog
 
 from flowforge import errors, keys, ports, wire
-from flowforge.domain import ids, routing, spec, validation
+from flowforge.domain import ids, refs, routing, spec, validation
 
 log = structlog.get_logger("flowforge.submission")
+DAG_TASKS_RETRY_S = 60.0  # Retry-After of a DAG over max_dag_tasks: only a raised limit helps
 
 
 class SubmitStore(Protocol):
     async def create_run(self, **kwargs: Any) -> int: ...
+
+    async def submission_limits(self, tenant: str, project: str) -> dict[str, dict[str, int | None]]: ...
 
     async def add_event(
         self, tenant: str, partition: int, make_event: Callable[[int], bytes], **kwargs: Any
@@ -34,6 +37,38 @@ class DagVersions(Protocol):
                           create_only: bool = False) -> Any: ...
 
     async def get_template(self, tenant: str, project: str, name: str, version: int | None = None) -> Any: ...
+
+
+def dag_size(dag: spec.DagSpec, params: Mapping[str, Any]) -> tuple[int, str]:
+    """How many tasks a run of `dag` makes, as far as submission can know, and what was
+    counted: each task once, except a mapped task over a list known now (from params), which
+    counts its items (at least 1). A map over an upstream output counts 1: its size is known
+    only when that task ends (`map.max_items` bounds it)."""
+    total, known, unknown = 0, 0, 0
+    for t in dag.tasks:
+        if t.map is None:
+            total += 1
+            continue
+        size = None
+        try:
+            found = refs.references(t.map.over)
+            if found and all(r.kind == "params" for r in found):
+                items = refs.resolve(t.map.over, params=params, outputs={})
+                size = len(items) if isinstance(items, list) else None
+        except (refs.RefError, ValueError, TypeError, KeyError, IndexError):
+            size = None
+        if size is None:
+            unknown += 1
+            total += 1
+        else:
+            known += 1
+            total += max(1, size)
+    what = f"{len(dag.tasks)} task{'s' if len(dag.tasks) != 1 else ''} in the spec"
+    if known:
+        what += f", with the instances of {known} map{'s' if known != 1 else ''} over params"
+    if unknown:
+        what += f"; {unknown} map{'s' if unknown != 1 else ''} over task outputs counted as 1 each"
+    return total, what
 
 
 @dataclass(frozen=True)
@@ -118,10 +153,14 @@ class Submitter:
         parsed, merged = self.validate(dag, params)
         key = (tenant, project, parsed.model_dump_json())
         stored = self._inline.get(key)
-        if stored is None:  # inline versions are immutable and never deleted: safe to remember
-            stored = self._inline[key] = await self.dags.put_version(tenant, project, parsed, template=False)
-            if len(self._inline) > 1000:
-                self._inline.popitem(last=False)
+        if stored is not None:  # inline versions are immutable; they go only with their project
+            try:
+                return await self._create(tenant, project, stored.id, parsed, stored.version, merged)
+            except errors.NotFound:
+                self._inline.pop(key, None)  # its project was deleted (and maybe made anew)
+        stored = self._inline[key] = await self.dags.put_version(tenant, project, parsed, template=False)
+        if len(self._inline) > 1000:
+            self._inline.popitem(last=False)
         return await self._create(tenant, project, stored.id, parsed, stored.version, merged)
 
     async def submit_template(
@@ -135,6 +174,8 @@ class Submitter:
 
     async def _create(self, tenant: str, project: str, dag_id: str, parsed: spec.DagSpec, version: int,
                       merged: dict[str, Any]) -> Submitted:
+        limits = await self.store.submission_limits(tenant, project)
+        self._check_size(parsed, merged, tenant, project, limits)
         run_id = str(uuid.uuid4())
         partition = keys.partition_of(run_id, self.partitions)
         event = wire.pack(wire.RUN_CREATED, run=run_id, tenant=tenant)
@@ -142,9 +183,29 @@ class Submitter:
             run_id=run_id, tenant=tenant, project=project, dag_id=dag_id, dag=parsed, version=version,
             params=merged, partition=partition, event=event,
             routes={t.name: routing.route(t, self.pools) for t in parsed.tasks},
+            max_active_runs=(limits["tenant"]["max_active_runs"], limits["project"]["max_active_runs"]),
         )
         await self._publish(partition, event, outbox_id)
         return Submitted(run_id, parsed.name, version)
+
+    @staticmethod
+    def _check_size(parsed: spec.DagSpec, merged: Mapping[str, Any], tenant: str, project: str,
+                    limits: Mapping[str, Mapping[str, int | None]]) -> None:
+        """QuotaExceeded if the run would have more tasks than the tenant's or the project's
+        max_dag_tasks."""
+        scopes = ((f"tenant {tenant}", limits["tenant"]["max_dag_tasks"], f" (flowforge tenants limits {tenant} "
+                   "--max-dag-tasks N)"), (f"project {tenant}/{project}", limits["project"]["max_dag_tasks"], ""))
+        if all(limit is None for _, limit, _ in scopes):
+            return
+        size, counted = dag_size(parsed, merged)
+        for who, limit, how in scopes:
+            if limit is not None and size > limit:
+                raise errors.QuotaExceeded(
+                    "max_dag_tasks",
+                    f"the run would have {size} tasks ({counted}); {who} allows at most {limit} per run",
+                    f"split the DAG, or map over smaller lists; or ask the operator to raise max_dag_tasks{how}",
+                    retry_after=DAG_TASKS_RETRY_S,
+                )
 
     async def cancel(self, run_id: str, *, tenant: str = "default") -> None:
         """Ask a pending or running run to stop. NotFound, or Conflict if it already ended."""
@@ -152,10 +213,10 @@ class Submitter:
 
     async def retry(self, run_id: str, *, tenant: str = "default") -> None:
         """Run a failed or cancelled run's unfinished tasks again. NotFound, or Conflict."""
-        await self._command(run_id, tenant, wire.RUN_RETRY, ("failed", "cancelled"))
+        await self._command(run_id, tenant, wire.RUN_RETRY, ("failed", "cancelled"), reactivate=True)
 
     async def _command(self, run_id: str, tenant: str, kind: str, allowed: tuple[str, ...], *,
-                       cancel: bool = False) -> None:
+                       cancel: bool = False, reactivate: bool = False) -> None:
         run_id = ids.run_id(run_id)
         partition = keys.partition_of(run_id, self.partitions)
 
@@ -164,7 +225,8 @@ class Submitter:
             return wire.pack(kind, run=run_id, tenant=tenant, n=retries)
 
         outbox_id, event = await self.store.add_event(
-            tenant, partition, make_event, run_id=run_id, allowed=allowed, cancel=cancel
+            tenant, partition, make_event, run_id=run_id, allowed=allowed, cancel=cancel,
+            **({"reactivate": True} if reactivate else {}),
         )
         await self._publish(partition, event, outbox_id)
 

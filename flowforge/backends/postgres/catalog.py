@@ -3,20 +3,22 @@ tokens, DAG templates and their versions, and run listings. Every query is scope
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import secrets
 import uuid
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from flowforge import errors
 from flowforge.backends.postgres import faults
+from flowforge.backends.postgres.paging import decode_cursor, encode_cursor
+from flowforge.backends.postgres.quotas import QuotaLimits
+from flowforge.backends.postgres.tenancy import DEFAULT_PROJECT, Tenancy
 from flowforge.ports import OPERATOR_TENANT, ROLES, DagVersion, Principal
 from flowforge.domain import spec
 
@@ -27,22 +29,8 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def encode_cursor(*parts: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(parts, default=str).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, n: int) -> list[Any]:
-    try:
-        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        parts = None
-    if not isinstance(parts, list) or len(parts) != n:
-        raise errors.InvalidInput("cursor", "not a cursor this API returned", "pass next_cursor from the previous page")
-    return parts
-
-
 _RUN_COLUMNS = """
-  r.id::text AS id, r.dag_name, r.dag_version, d.template AS dag_template, r.status, r.params,
+  r.id::text AS id, r.project_id AS project, r.dag_name, r.dag_version, d.template AS dag_template, r.status, r.params,
   r.error, r.cancel_requested, r.created_at, r.started_at, r.finished_at,
   d.spec -> 'secret_params' AS secret_params"""
 
@@ -73,8 +61,16 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
+async def _ensure_tenant(conn: AsyncConnection, tenant: str, project: str) -> None:
+    await conn.execute(sa.text("INSERT INTO tenants (id, name) VALUES (:t, :t) ON CONFLICT DO NOTHING"), {"t": tenant})
+    await conn.execute(
+        sa.text("INSERT INTO projects (tenant_id, id, name) VALUES (:t, :p, :p) ON CONFLICT DO NOTHING"),
+        {"t": tenant, "p": project},
+    )
+
+
 @faults.translated
-class Catalog:
+class Catalog(Tenancy, QuotaLimits):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
@@ -82,77 +78,73 @@ class Catalog:
 
     async def ensure_tenant(self, tenant: str, project: str = "default") -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.text("INSERT INTO tenants (id, name) VALUES (:t, :t) ON CONFLICT DO NOTHING"), {"t": tenant}
-            )
-            await conn.execute(
-                sa.text("INSERT INTO projects (tenant_id, id, name) VALUES (:t, :p, :p) ON CONFLICT DO NOTHING"),
-                {"t": tenant, "p": project},
-            )
-
-    async def tenant_limits(self, tenant: str) -> dict[str, Any]:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.text("SELECT max_running_tasks, weight FROM tenants WHERE id = :t"),
-                                      {"t": tenant})).first()
-        if row is None:
-            raise errors.NotFound(f"tenant {tenant!r} not found")
-        return {"tenant": tenant, "max_running_tasks": row[0], "weight": row[1]}
-
-    async def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float) -> dict[str, Any]:
-        """Set a tenant's quota of attempts in flight (None: no limit) and fair-share weight;
-        coordinators apply them within a second."""
-        async with self.engine.begin() as conn:
-            found = await conn.execute(
-                sa.text("UPDATE tenants SET max_running_tasks = :m, weight = :w WHERE id = :t"),
-                {"m": max_running_tasks, "w": weight, "t": tenant},
-            )
-        if not found.rowcount:
-            raise errors.NotFound(f"tenant {tenant!r} not found")
-        return {"tenant": tenant, "max_running_tasks": max_running_tasks, "weight": weight}
+            await _ensure_tenant(conn, tenant, project)
 
     async def create_token(self, tenant: str, name: str, role: str | None = None,
-                           expires_in: timedelta | None = None) -> str:
+                           expires_in: timedelta | None = None, projects: Sequence[str] | None = None,
+                           *, field: str = "projects") -> str:
         """Create a token for `tenant` (creating the tenant if new); return it (32 random bytes;
         only its hash is kept). Role: `admin` for the operator's tenant, else `tenant-admin`,
-        unless given; `admin` exists in the operator's tenant only."""
+        unless given; `admin` exists in the operator's tenant only. `projects` scopes it to
+        those projects of the tenant (None: every project); each must exist (else InvalidInput
+        naming `field`)."""
         role = role or ("admin" if tenant == OPERATOR_TENANT else "tenant-admin")
         if role not in ROLES:
             raise errors.InvalidInput("role", f"unknown role {role!r}", f"use one of: {', '.join(ROLES)}")
         if role == "admin" and tenant != OPERATOR_TENANT:
             raise errors.InvalidInput("role", "admin tokens belong to the operator's tenant only",
                                       f"use tenant-admin for tenant {tenant!r}")
-        await self.ensure_tenant(tenant)
+        scope = None if projects is None else sorted(set(projects))
+        if scope == []:
+            raise errors.InvalidInput(field, "an empty list scopes the token to nothing",
+                                      "name at least one project, or leave it out for every project")
+        if scope and role == "admin":
+            raise errors.InvalidInput(field, "admin tokens act cluster-wide and cannot be scoped to projects",
+                                      "scope a tenant-admin, member or viewer token instead")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         async with self.engine.begin() as conn:
+            await _ensure_tenant(conn, tenant, DEFAULT_PROJECT)
+            if scope:
+                # Key-share locks: deleting one of these projects waits for this token, then
+                # takes the project out of its scope.
+                found = set((await conn.execute(
+                    sa.text("SELECT id FROM projects WHERE tenant_id = :t AND id = ANY(:ps) FOR KEY SHARE"),
+                    {"t": tenant, "ps": scope})).scalars())
+                if missing := [p for p in scope if p not in found]:
+                    raise errors.InvalidInput(
+                        field, f"tenant {tenant!r} has no project {missing[0]!r}",
+                        f"create it first (flowforge projects create {missing[0]} --tenant {tenant}), "
+                        "or name one of the tenant's projects")
             await conn.execute(
-                sa.text("INSERT INTO api_tokens (id, tenant_id, name, token_hash, role, expires_at) "
-                        "VALUES (:id, :t, :n, :h, :r, now() + CAST(:ttl AS interval))"),
+                sa.text("INSERT INTO api_tokens (id, tenant_id, name, token_hash, role, expires_at, projects) "
+                        "VALUES (:id, :t, :n, :h, :r, now() + CAST(:ttl AS interval), :ps)"),
                 {"id": str(uuid.uuid4()), "t": tenant, "n": name, "h": hash_token(token), "r": role,
-                 "ttl": expires_in},
+                 "ttl": expires_in, "ps": scope},
             )
         return token
 
     async def issue_token(self, tenant: str, name: str, role: str | None = None,
-                          expires_in: timedelta | None = None, *, create_tenant: bool = False) -> dict[str, Any]:
+                          expires_in: timedelta | None = None, projects: Sequence[str] | None = None, *,
+                          create_tenant: bool = False, field: str = "projects") -> dict[str, Any]:
         """Like `create_token`; returns the token with its id and expiry. The tenant must exist
         unless `create_tenant`."""
         async with self.engine.connect() as conn:
             known = (await conn.execute(sa.text("SELECT 1 FROM tenants WHERE id = :t"), {"t": tenant})).first()
         if known is None and not create_tenant:
             raise errors.NotFound(f"tenant {tenant!r} not found")
-        token = await self.create_token(tenant, name, role, expires_in)
+        token = await self.create_token(tenant, name, role, expires_in, projects, field=field)
         async with self.engine.connect() as conn:
             row = (await conn.execute(
-                sa.text("SELECT id::text, role, created_at, expires_at FROM api_tokens WHERE token_hash = :h"),
+                sa.text("SELECT id::text, role, created_at, expires_at, projects FROM api_tokens WHERE token_hash = :h"),
                 {"h": hash_token(token)})).one()
         return {"id": row[0], "tenant": tenant, "name": name, "role": row[1], "created_at": row[2],
-                "expires_at": row[3], "token": token}
+                "expires_at": row[3], "projects": row[4], "token": token}
 
     async def list_tokens(self, tenant: str) -> list[dict[str, Any]]:
         """The tenant's tokens (never the secrets themselves), newest first."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
-                sa.text("SELECT id::text AS id, name, role, created_at, expires_at, revoked_at FROM api_tokens "
+                sa.text("SELECT id::text AS id, name, role, projects, created_at, expires_at, revoked_at FROM api_tokens "
                         "WHERE tenant_id = :t ORDER BY created_at DESC LIMIT 1000"), {"t": tenant})).mappings().all()
         return [dict(r, tenant=tenant) for r in rows]
 
@@ -172,12 +164,15 @@ class Catalog:
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.text("SELECT id::text, tenant_id, role FROM api_tokens WHERE token_hash = :h "
+                    sa.text("SELECT id::text, tenant_id, role, projects FROM api_tokens WHERE token_hash = :h "
                             "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"),
                     {"h": hash_token(token)},
                 )
             ).first()
-        return None if row is None else Principal(tenant=row[1], token_id=row[0], role=row[2])
+        if row is None:
+            return None
+        return Principal(tenant=row[1], token_id=row[0], role=row[2],
+                         projects=None if row[3] is None else frozenset(row[3]))
 
     async def revoke_token(self, token: str) -> bool:
         async with self.engine.begin() as conn:
@@ -213,20 +208,27 @@ class Catalog:
             live = latest is not None and not latest["deleted"]
             if live and create_only:
                 raise errors.Conflict(
-                    f"DAG '{dag.name}' exists; PUT /api/v1/dags/{dag.name} stores a new version of it"
+                    f"DAG '{dag.name}' exists; PUT /api/v1/dags/{dag.name}"
+                    f"{'' if project == DEFAULT_PROJECT else '?project=' + project} stores a new version of it"
                 )
             if live and latest["same"]:
                 return DagVersion(latest["id"], dag.name, latest["version"], latest["spec"], latest["created_at"])
             dag_id, version = str(uuid.uuid4()), (latest["version"] + 1 if latest else 1)
-            created = (
-                await conn.execute(
-                    sa.text(
-                        "INSERT INTO dags (id, tenant_id, project_id, name, version, spec, template) "
-                        "VALUES (:id, :t, :p, :n, :v, CAST(:s AS jsonb), :tpl) RETURNING spec, created_at"
-                    ),
-                    {"id": dag_id, "t": tenant, "p": project, "n": dag.name, "v": version, "s": doc, "tpl": template},
-                )
-            ).one()
+            try:
+                created = (
+                    await conn.execute(
+                        sa.text(
+                            "INSERT INTO dags (id, tenant_id, project_id, name, version, spec, template) "
+                            "VALUES (:id, :t, :p, :n, :v, CAST(:s AS jsonb), :tpl) RETURNING spec, created_at"
+                        ),
+                        {"id": dag_id, "t": tenant, "p": project, "n": dag.name, "v": version, "s": doc,
+                         "tpl": template},
+                    )
+                ).one()
+            except sa.exc.IntegrityError as exc:
+                if faults.missing_reference(exc):  # the project is gone (or never was)
+                    raise errors.NotFound(f"project {project!r} not found") from None
+                raise
             return DagVersion(dag_id, dag.name, version, created[0], created[1], stored=True, first=not live)
 
     async def get_template(self, tenant: str, project: str, name: str, version: int | None = None) -> DagVersion:
@@ -310,10 +312,19 @@ class Catalog:
         dag: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        project: str | None = None,
+        projects: Collection[str] | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Runs, newest first, with each run's task counts by status, a page at a time."""
+        """Runs, newest first, with each run's task counts by status, a page at a time; of one
+        `project`, and only of `projects` (a token's scope) if given."""
         where = ["r.tenant_id = :t"]
         args: dict[str, Any] = {"t": tenant, "limit": limit + 1}
+        if project is not None:
+            where.append("r.project_id = :p")
+            args["p"] = project
+        if projects is not None:
+            where.append("r.project_id = ANY(:ps)")
+            args["ps"] = sorted(projects)
         if status:
             where.append("r.status = :status")
             args["status"] = status
@@ -347,8 +358,10 @@ ORDER BY r.created_at DESC, r.id DESC LIMIT :limit"""
         nxt = encode_cursor(items[-1]["created_at"].isoformat(), items[-1]["id"]) if len(rows) > limit else None
         return items, nxt
 
-    async def get_run(self, run_id: str, tenant: str, *, logs: bool = True) -> dict[str, Any] | None:
-        """A run with every task and every task's attempts; None if the tenant has no such run."""
+    async def get_run(self, run_id: str, tenant: str, *, logs: bool = True,
+                      projects: Collection[str] | None = None) -> dict[str, Any] | None:
+        """A run with every task and every task's attempts; None if the tenant has no such run
+        (or, with `projects`, none in those projects)."""
         try:
             run_id = str(uuid.UUID(run_id))
         except ValueError:
@@ -361,7 +374,7 @@ ORDER BY r.created_at DESC, r.id DESC LIMIT :limit"""
                     {"id": run_id, "t": tenant},
                 )
             ).mappings().first()
-            if run is None:
+            if run is None or (projects is not None and run["project"] not in projects):
                 return None
             tasks = (
                 await conn.execute(
@@ -391,3 +404,15 @@ ORDER BY r.created_at DESC, r.id DESC LIMIT :limit"""
         out = dict(run)
         out["tasks"] = [dict(t, attempts=by_task.get(t["key"], [])) for t in tasks]
         return _conceal(out)
+
+    async def run_state(self, run_id: str, tenant: str) -> tuple[str, str] | None:
+        """The tenant's run's (project, status); None if the tenant has no such run."""
+        try:
+            run_id = str(uuid.UUID(run_id))
+        except ValueError:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.text("SELECT project_id, status FROM runs WHERE id = CAST(:id AS uuid) AND tenant_id = :t"),
+                {"id": run_id, "t": tenant})).first()
+        return (row[0], row[1]) if row else None

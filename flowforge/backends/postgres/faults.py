@@ -30,6 +30,11 @@ def temporary(exc: BaseException) -> errors.TemporaryError:
     return errors.TemporaryError(f"postgres: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
+def missing_reference(exc: BaseException) -> bool:
+    """A foreign key violation: the row refers to one that is gone (deleted concurrently)."""
+    return isinstance(exc, sa.exc.IntegrityError) and isinstance(exc.orig, psycopg.errors.ForeignKeyViolation)
+
+
 def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -107,7 +108,7 @@ SELECT 1 / (((SELECT count(*) FROM upd) = :n_tasks AND (SELECT count(*) FROM ins
 """)
 _LOAD_RUNS = sa.text("""
 SELECT r.id::text, r.tenant_id, r.dag_id::text, r.status, r.params, r.cancel_requested, r.error,
-       r.partition, d.spec, r.retries
+       r.partition, d.spec, r.retries, r.project_id
 FROM runs r JOIN dags d ON d.id = r.dag_id WHERE r.id = ANY(CAST(:ids AS uuid[]))
 """)
 _LOAD_TASKS = sa.text("""
@@ -119,6 +120,29 @@ FROM tasks t LEFT JOIN attempts a
   ON a.run_id = t.run_id AND a.task_key = t.key AND a.number = t.attempt
 WHERE t.run_id = ANY(CAST(:ids AS uuid[]))
 """)
+
+
+# Quotas on what tenants and projects have in flight, as the coordinators enforce them.
+_QUOTA_COLUMNS = ("max_running_tasks", "max_cpu", "max_memory", "max_gpu")
+_TENANT_QUOTAS = sa.text(f"SELECT id, weight, {', '.join(_QUOTA_COLUMNS)} FROM tenants")
+_PROJECT_QUOTAS = sa.text(
+    f"SELECT tenant_id, id, {', '.join(_QUOTA_COLUMNS)} FROM projects "
+    f"WHERE {' OR '.join(c + ' IS NOT NULL' for c in _QUOTA_COLUMNS)}"
+)
+# Submission quotas of a tenant and one of its projects.
+_SUBMIT_LIMITS = sa.text("""
+SELECT t.max_active_runs, t.max_dag_tasks, p.max_active_runs, p.max_dag_tasks
+FROM tenants t LEFT JOIN projects p ON p.tenant_id = t.id AND p.id = :p WHERE t.id = :t
+""")
+_COUNT_ACTIVE = sa.text("""
+SELECT count(*), count(*) FILTER (WHERE project_id = :p) FROM runs
+WHERE tenant_id = :t AND status IN ('pending', 'running')
+""")
+# Serialises the active-run check and insert of one tenant's submissions (the count of a
+# transaction that waited for the lock sees the runs the previous holder inserted).
+_LOCK_ACTIVE_RUNS = sa.text("SELECT pg_advisory_xact_lock(20090, hashtext(:t))")
+LIMITS_TTL_S = 1.0  # submission quotas are read at most this often per tenant and project
+ACTIVE_RUNS_RETRY_S = 10.0  # Retry-After when a tenant or project is at max_active_runs
 
 
 # The same statement in the driver's parameter style, for the raw psycopg connection.
@@ -143,6 +167,7 @@ class PostgresStore:
         self._dsn = url.render_as_string(hide_password=False)
         self._dags: dict[str, model.CompiledDag] = {}
         self._hot: Any = None
+        self._submit_limits: dict[tuple[str, str], tuple[float, dict[str, dict[str, int | None]]]] = {}
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 10) -> PostgresStore:
@@ -156,11 +181,61 @@ class PostgresStore:
         async with self.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
-    async def tenant_limits(self) -> tuple[dict[str, int], dict[str, float]]:
-        """Every tenant's quota of attempts in flight (where set) and fair-share weight."""
+    async def tenant_limits(self) -> ports.Quotas:
+        """Every tenant's quotas on what it has in flight (those set), its projects' (those
+        that set one) and its fair-share weight."""
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(sa.text("SELECT id, max_running_tasks, weight FROM tenants"))).all()
-        return {r[0]: r[1] for r in rows if r[1] is not None}, {r[0]: float(r[2]) for r in rows}
+            tenants = (await conn.execute(_TENANT_QUOTAS)).all()
+            projects = (await conn.execute(_PROJECT_QUOTAS)).all()
+
+        def quota(values: Sequence[Any]) -> dict[str, int]:
+            return {name: int(v) for name, v in zip(_QUOTA_COLUMNS, values) if v is not None}
+
+        return ports.Quotas(
+            tenants={r[0]: q for r in tenants if (q := quota(r[2:]))},
+            projects={(r[0], r[1]): q for r in projects if (q := quota(r[2:]))},
+            weights={r[0]: float(r[1]) for r in tenants},
+        )
+
+    async def submission_limits(self, tenant: str, project: str) -> dict[str, dict[str, int | None]]:
+        """{"tenant": {...}, "project": {...}}: max_active_runs and max_dag_tasks of the tenant
+        and of the project (None: no limit); read at most every LIMITS_TTL_S per project."""
+        now = time.monotonic()
+        hit = self._submit_limits.get((tenant, project))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_SUBMIT_LIMITS, {"t": tenant, "p": project})).first()
+        values = tuple(row) if row is not None else (None, None, None, None)
+        limits = {
+            "tenant": {"max_active_runs": values[0], "max_dag_tasks": values[1]},
+            "project": {"max_active_runs": values[2], "max_dag_tasks": values[3]},
+        }
+        if len(self._submit_limits) > 10_000:
+            self._submit_limits.clear()
+        self._submit_limits[(tenant, project)] = (now + LIMITS_TTL_S, limits)
+        return limits
+
+    async def _check_active_runs(self, conn: Any, tenant: str, project: str, tenant_max: int | None,
+                                 project_max: int | None, adding: str) -> None:
+        """Under the tenant's advisory lock (taken here, held to the end of the transaction):
+        raise QuotaExceeded if the tenant or the project is at its max_active_runs."""
+        await conn.execute(_LOCK_ACTIVE_RUNS, {"t": tenant})
+        total, mine = (await conn.execute(_COUNT_ACTIVE, {"t": tenant, "p": project})).one()
+        for who, limit, active, flag in (
+            (f"tenant {tenant}", tenant_max, total, "--max-active-runs"),
+            (f"project {tenant}/{project}", project_max, mine, None),
+        ):
+            if limit is not None and active >= limit:
+                raise errors.QuotaExceeded(
+                    "max_active_runs",
+                    f"{who} has {active} active (pending or running) run{'s' if active != 1 else ''} and "
+                    f"may have at most {limit}; {adding} would exceed it",
+                    "retry after Retry-After seconds, when a run has ended; or cancel a run; or ask the "
+                    "operator to raise max_active_runs"
+                    + (f" (flowforge tenants limits {tenant} {flag} N)" if flag else ""),
+                    retry_after=ACTIVE_RUNS_RETRY_S,
+                )
 
     async def close(self) -> None:
         await self._drop_hot_connection()
@@ -273,7 +348,7 @@ class PostgresStore:
         for row in rows:
             tasks.setdefault(row[0], []).append(row)
         loaded = {}
-        for run_id, tenant, dag_id, status, params, cancel, error, partition, dag_spec, retries in runs:
+        for run_id, tenant, dag_id, status, params, cancel, error, partition, dag_spec, retries, project in runs:
             compiled = self._dags.get(dag_id)
             if compiled is None:
                 compiled = self._dags[dag_id] = model.compile_dag(spec.DagSpec.model_validate(dag_spec))
@@ -296,6 +371,7 @@ class PostgresStore:
             run = model.Run.restore(
                 run_id=run_id, tenant=tenant, dag=compiled, params=params, status=RunStatus(status),
                 cancel_requested=cancel, tasks=restored, error=error, retries=retries, heavy=frozenset(heavy),
+                project=project,
             )
             loaded[run_id] = ports.LoadedRun(run, partition, frozenset(undispatched), dispatched_at)
         return loaded
@@ -353,9 +429,12 @@ class PostgresStore:
         partition: int,
         event: bytes,
         routes: Mapping[str, routing.Route] | None = None,
+        max_active_runs: tuple[int | None, int | None] = (None, None),
     ) -> int:
         """Insert the run, its tasks (with the router's decisions) and the outbox event in one
-        transaction; return the outbox id."""
+        transaction; return the outbox id. `max_active_runs`: the tenant's and the project's
+        limit on pending and running runs; with either set, the count and the insert happen
+        under a per-tenant lock, so concurrent submissions cannot overshoot it (QuotaExceeded)."""
         routes = routes or {}
         tasks = [
             {
@@ -370,30 +449,56 @@ class PostgresStore:
         ]
         args = {"id": run_id, "t": tenant, "p": project, "d": dag_id, "n": dag.name, "v": version,
                 "part": partition, "params": json.dumps(params), "new_tasks": _dumps(tasks), "payload": event}
+        if max_active_runs != (None, None):
+            return await self._create_run_counted(args, tenant, project, max_active_runs)
         # One statement in autocommit: atomic, and one round trip instead of five.
         async with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
-            return (await conn.execute(_CREATE_RUN, args)).scalar_one()
+            try:
+                return (await conn.execute(_CREATE_RUN, args)).scalar_one()
+            except sa.exc.IntegrityError as exc:
+                if faults.missing_reference(exc):  # its DAG version went with its deleted project
+                    raise errors.NotFound(f"DAG version {dag_id} not found") from None
+                raise
+
+    async def _create_run_counted(self, args: dict[str, Any], tenant: str, project: str,
+                                  max_active_runs: tuple[int | None, int | None]) -> int:
+        """create_run under the tenant's lock, after counting its active runs."""
+        try:
+            async with self.engine.begin() as conn:
+                await self._check_active_runs(conn, tenant, project, *max_active_runs, adding="this run")
+                return (await conn.execute(_CREATE_RUN, args)).scalar_one()
+        except sa.exc.IntegrityError as exc:
+            if faults.missing_reference(exc):  # its DAG version went with its deleted project
+                raise errors.NotFound(f"DAG version {args['d']} not found") from None
+            raise
 
     async def add_event(self, tenant: str, partition: int, make_event: Callable[[int], bytes], *, run_id: str,
-                        allowed: Sequence[str], cancel: bool = False) -> tuple[int, bytes]:
+                        allowed: Sequence[str], cancel: bool = False, reactivate: bool = False) -> tuple[int, bytes]:
         """Record a run command (cancel, retry) in the outbox; return the outbox id and the event,
         `make_event(retries)`: built against the run's current retry count (its generation).
 
         Raises NotFound when the tenant has no such run, and Conflict when the run's status is
-        not one of `allowed` (cancelling a finished run, retrying a running one)."""
+        not one of `allowed` (cancelling a finished run, retrying a running one). With
+        `reactivate` (a retry makes an ended run active again), QuotaExceeded when the tenant or
+        the run's project is at its max_active_runs."""
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
-                    sa.text("SELECT status, retries FROM runs WHERE id = CAST(:id AS uuid) AND tenant_id = :t "
-                            "FOR UPDATE"),
+                    sa.text("SELECT status, retries, project_id FROM runs WHERE id = CAST(:id AS uuid) "
+                            "AND tenant_id = :t FOR UPDATE"),
                     {"id": run_id, "t": tenant},
                 )
             ).first()
-            status, retries = row if row is not None else (None, 0)
+            status, retries, project = row if row is not None else (None, 0, None)
             if status is None:
                 raise errors.NotFound(f"run {run_id} not found")
             if status not in allowed:
                 raise errors.Conflict(f"run {run_id} is {status}; this needs a run that is {' or '.join(allowed)}")
+            if reactivate:
+                limits = await self.submission_limits(tenant, project)
+                most = (limits["tenant"]["max_active_runs"], limits["project"]["max_active_runs"])
+                if most != (None, None):
+                    await self._check_active_runs(conn, tenant, project, *most, adding="retrying this run")
             if cancel:
                 await conn.execute(
                     sa.text("UPDATE runs SET cancel_requested = true WHERE id = CAST(:id AS uuid)"), {"id": run_id}

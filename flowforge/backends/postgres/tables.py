@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -24,6 +24,13 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
     max_running_tasks: Mapped[int | None] = mapped_column(sa.Integer)  # quota of attempts in flight
     weight: Mapped[float] = mapped_column(sa.Float, server_default="1")  # fair-share weight
+    # Quotas (null: none). Resources are summed over running attempts: light ones count their
+    # slot's share of the pool's agent, heavy ones their requests.
+    max_cpu: Mapped[int | None] = mapped_column(sa.Integer)  # millicores
+    max_memory: Mapped[int | None] = mapped_column(sa.BigInteger)  # bytes
+    max_gpu: Mapped[int | None] = mapped_column(sa.Integer)
+    max_active_runs: Mapped[int | None] = mapped_column(sa.Integer)  # pending or running runs
+    max_dag_tasks: Mapped[int | None] = mapped_column(sa.Integer)  # tasks of one submitted DAG
 
 
 class Project(Base):
@@ -32,6 +39,13 @@ class Project(Base):
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
+    # Quotas narrowing the tenant's (null: only the tenant's apply); same units as Tenant's.
+    max_running_tasks: Mapped[int | None] = mapped_column(sa.Integer)
+    max_cpu: Mapped[int | None] = mapped_column(sa.Integer)
+    max_memory: Mapped[int | None] = mapped_column(sa.BigInteger)
+    max_gpu: Mapped[int | None] = mapped_column(sa.Integer)
+    max_active_runs: Mapped[int | None] = mapped_column(sa.Integer)
+    max_dag_tasks: Mapped[int | None] = mapped_column(sa.Integer)
 
 
 class Dag(Base):
@@ -75,9 +89,15 @@ class Run(Base):
     __table_args__ = (
         sa.Index("runs_tenant_created", "tenant_id", "created_at"),
         sa.Index("runs_tenant_dag_created", "tenant_id", "dag_name", "created_at"),
+        sa.Index("runs_tenant_project_created", "tenant_id", "project_id", "created_at"),
         # The reconciler's sweep: active runs of a partition.
         sa.Index(
             "runs_active_partition", "partition",
+            postgresql_where=sa.text("status IN ('pending', 'running')"),
+        ),
+        # Submission quotas: active runs of a tenant (and project).
+        sa.Index(
+            "runs_active_tenant_project", "tenant_id", "project_id",
             postgresql_where=sa.text("status IN ('pending', 'running')"),
         ),
     )
@@ -159,3 +179,22 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=_now())
     revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The projects the token may see and act on; null: every project of its tenant.
+    projects: Mapped[list[str] | None] = mapped_column(ARRAY(sa.String(64)))
+
+
+class LogLine(Base):
+    """A captured line of task output (flowforge.logs.postgres), kept `logging.retention_days`.
+    No foreign key to runs: lines are written in bulk apart from the run's transactions, and
+    go by age alone."""
+
+    __tablename__ = "log_lines"
+    run_id: Mapped[str] = mapped_column(UUID(as_uuid=False), primary_key=True)
+    pos: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)  # the line's place in its run
+    tenant_id: Mapped[str] = mapped_column(sa.String(64))
+    task_key: Mapped[str] = mapped_column(sa.String(96))
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    ts: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    stream: Mapped[str] = mapped_column(sa.String(8))
+    line: Mapped[str] = mapped_column(sa.Text)
+    __table_args__ = (sa.Index("log_lines_ts", "ts", postgresql_using="brin"),)

@@ -1,0 +1,1 @@
+"""Task output: captured by agents, tailed live from Redis, kept in a LogStore."""
