@@ -66,6 +66,13 @@ def tenant_visible(who: Principal, tenant: str) -> None:
         raise errors.NotFound(f"tenant {tenant!r} not found")
 
 
+def project_visible(who: Principal, tenant: str, project: str) -> None:
+    """Another tenant's project, or one outside a scoped token's projects, answers 404."""
+    tenant_visible(who, tenant)
+    if tenant == who.tenant and not who.sees(project):
+        raise errors.NotFound(f"project {project!r} not found")
+
+
 def administers(who: Principal, tenant: str, what: str) -> None:
     """The operator manages every tenant's `what` (tokens, projects); a tenant-admin token
     without a project scope its own tenant's; another tenant answers 404, anyone else 403."""

@@ -87,9 +87,7 @@ async def get_project(
     who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.ProjectOut:
-    auth.tenant_visible(who, tenant)
-    if tenant == who.tenant and not who.sees(project):
-        raise errors.NotFound(f"project {project!r} not found")
+    auth.project_visible(who, tenant, project)
     return schemas.ProjectOut(**await ctx.catalog.get_project(tenant, project))
 
 

@@ -43,9 +43,7 @@ async def get_project_limits(
     who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.ProjectLimits:
-    auth.tenant_visible(who, tenant)
-    if tenant == who.tenant and not who.sees(project):
-        raise errors.NotFound(f"project {project!r} not found")
+    auth.project_visible(who, tenant, project)
     return schemas.ProjectLimits(**shown(await ctx.catalog.project_limits(tenant, project)))
 
 

@@ -15,3 +15,12 @@ def run_id(text: str) -> str:
         return str(uuid.UUID(text))
     except (ValueError, TypeError, AttributeError):
         raise errors.NotFound(f"run {text!r} not found; a run id is a UUID, as POST /api/v1/runs returns") from None
+
+
+def is_uuid(text: str) -> bool:
+    """Whether `text` is a UUID in any form `run_id` accepts."""
+    try:
+        uuid.UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True

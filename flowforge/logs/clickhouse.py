@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flowforge.domain import ids
 from flowforge.logs import clickhouse_exec, model
 
 T = TypeVar("T")
@@ -77,14 +77,6 @@ def _body(lines: Sequence[model.LogLine], clean: bool = False) -> str:
     return json.dumps(rows, ensure_ascii=False)[1:-1]  # rows separated by commas: JSONCompactEachRow reads them
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
-
-
 class ClickHouseLogStore:
     """Implements model.LogStore; `open_executor` is called on the store's own thread at start."""
 
@@ -139,7 +131,7 @@ class ClickHouseLogStore:
 
     async def read(self, tenant: str, run_id: str, *, after: int = 0, limit: int = 1000,
                    task: str | None = None, attempt: int | None = None) -> list[model.LogLine]:
-        if limit <= 0 or not _is_uuid(run_id) or (attempt is not None and attempt < 0):
+        if limit <= 0 or not ids.is_uuid(run_id) or (attempt is not None and attempt < 0):
             return []
         sql, params = _SELECT, {"tenant": tenant, "run": run_id, "after": max(after, 0), "limit": limit}
         if task is not None:
@@ -151,7 +143,7 @@ class ClickHouseLogStore:
                 for r in rows]
 
     async def last_pos(self, tenant: str, run_id: str) -> int:
-        if not _is_uuid(run_id):
+        if not ids.is_uuid(run_id):
             return 0
         rows = await self._run(self._ex.rows, _LAST_POS, {"tenant": tenant, "run": run_id})
         return int(rows[0][0]) if rows else 0

@@ -9,12 +9,12 @@ by age, a bounded batch per statement."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from flowforge.backends.postgres import faults, migrate
+from flowforge.domain import ids
 from flowforge.logs import model
 
 _INSERT = """
@@ -63,14 +63,6 @@ def _arrays(lines: Sequence[model.LogLine], clean: bool) -> tuple[str, ...]:
     )
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True
-
-
 @faults.translated
 class PostgresLogStore:
     """Implements model.LogStore on the project's Postgres."""
@@ -106,7 +98,7 @@ class PostgresLogStore:
 
     async def read(self, tenant: str, run_id: str, *, after: int = 0, limit: int = 1000,
                    task: str | None = None, attempt: int | None = None) -> list[model.LogLine]:
-        if limit <= 0 or not _is_uuid(run_id):
+        if limit <= 0 or not ids.is_uuid(run_id):
             return []
         params = {"run": run_id, "tenant": tenant, "after": after, "limit": limit, "task": task,
                   "attempt": attempt}
@@ -116,7 +108,7 @@ class PostgresLogStore:
                 for r in rows]
 
     async def last_pos(self, tenant: str, run_id: str) -> int:
-        if not _is_uuid(run_id):
+        if not ids.is_uuid(run_id):
             return 0
         async with self.engine.connect() as conn:
             return int((await conn.exec_driver_sql(_LAST_POS, (run_id, tenant))).scalar_one())
