@@ -128,7 +128,10 @@ class Launcher(worker.Agent):
 
     def _result(self, a: worker._Attempt, outcome: pods.PodOutcome, cap: capture.Capture, *, python: bool) -> Any:
         reported: dict[str, Any] | None = None
-        for _at, stream, line in outcome.logs:
+        logs = outcome.logs
+        for i, (_at, stream, line) in enumerate(logs):
+            if not line and i + 1 < len(logs) and logs[i + 1][2].startswith(pods.RESULT_MARK):
+                continue  # the runtime starts the result on a line of its own
             if line.startswith(pods.RESULT_MARK):
                 try:
                     reported = json.loads(line[len(pods.RESULT_MARK):])

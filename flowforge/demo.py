@@ -91,7 +91,7 @@ def _follow(api: client_mod.Client, runs: dict[str, str], console: Console) -> d
 
 def _show_logs(api: client_mod.Client, runs: dict[str, str], console: Console) -> bool:
     """Replay one run's output the way `flowforge logs -f` follows it: over SSE, to its end."""
-    name = "mixed" if "mixed" in runs else next(iter(runs))
+    name = next((n for n in runs if n.startswith("mixed")), next(iter(runs)))
     console.print(f"GET /api/v1/runs/{runs[name]}/logs?follow=true  ({name}, text/event-stream):")
     ended = None
     for line in api.follow_logs(runs[name]):

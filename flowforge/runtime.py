@@ -497,12 +497,24 @@ class ApiServer:
     async def stop(self) -> None:
         if self._task is None:
             return
+        from sse_starlette.sse import AppStatus
+
         self.server.should_exit = True
+        # Open log streams end now rather than holding the shutdown until uvicorn gives up on
+        # them. sse-starlette learns of a shutdown from this process-wide flag (it cannot see a
+        # server it did not install signal handlers for); it is reset for any later server.
+        AppStatus.should_exit = True
         try:
             await asyncio.wait_for(self._task, timeout=10)
         except TimeoutError:
             self.server.force_exit = True
             self._task.cancel()
+        finally:
+            for task in asyncio.all_tasks():  # its watcher of that flag, one per event loop
+                if getattr(task.get_coro(), "__qualname__", "") == "_shutdown_watcher":
+                    task.cancel()
+            await asyncio.sleep(0)
+            AppStatus.should_exit = False
 
 
 class BackgroundStack:
