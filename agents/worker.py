@@ -28,15 +28,13 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 import structlog
 
-from agents import capture, interrupt, loading
+from agents import capture, interrupt, loading, outbox
+from agents.outbox import clean, reraise_cancel
 from flowforge import keys, sdk, wire
 
 log = structlog.get_logger("flowforge.agent")
 _LUA = Path(__file__).parent / "lua"
 _MAX_ERROR = 16_384
-# A run's line counter outlives its live stream by far: a run that prints again after a long
-# silence must go on numbering where it was, not restart at 1.
-_COUNTER_TTL_MS = 30 * 86_400_000
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # a JSON-escaped NUL, not an escaped backslash
 
 
@@ -78,16 +76,6 @@ class AgentConfig:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
-@dataclass(frozen=True)
-class _LogChunk:
-    """Output lines of one attempt, on their way to the run's live log."""
-
-    tenant: str
-    run: str
-    n: int
-    payload: bytes  # msgpack: {"task", "attempt", "lines": [[unix time, stream, text], ...]}
-
-
 @dataclass
 class _Attempt:
     partition: int
@@ -117,8 +105,7 @@ class Agent:
         self._inflight: dict[tuple[str, str, int], _Attempt] = {}
         self._waiting: deque[_Attempt] = deque()
         self._cancelled: OrderedDict[tuple[str, str, int], None] = OrderedDict()
-        # (partition, dispatch entry id or None, result/event envelope or output lines)
-        self._outbox: asyncio.Queue[tuple[int, bytes | None, bytes | _LogChunk]] = asyncio.Queue()
+        self.outbox: outbox.Outbox | None = None
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=config.slots * 2, thread_name_prefix="ff-slot")
@@ -135,16 +122,16 @@ class Agent:
         capture.install()
         self.loader.prewarm(self.config.prewarm)
         self.client = aioredis.Redis.from_url(self.config.redis_url, decode_responses=False)
-        self._finish_src = (_LUA / "finish.lua").read_text()
-        self._finish_sha = await self.client.script_load(self._finish_src)
-        self._log_src = (_LUA / "log_append.lua").read_text()
-        self._log_sha = await self.client.script_load(self._log_src)
+        c = self.config
+        self.outbox = outbox.Outbox(self.client, c.pool, outbox.LogSettings(
+            c.log_chunk_lines, c.live_log_entries, c.live_log_ttl_s), agent=self.name)
+        await self.outbox.load_scripts()
         self._reclaim = self.client.register_script((_LUA / "reclaim.lua").read_text())
         for p in range(self.config.partitions):
             await self._ensure_group(p)
         jobs = [asyncio.create_task(self._read(p), name=f"read-p{p}") for p in range(self.config.partitions)]
         jobs += [
-            asyncio.create_task(self._publish(), name="publish"),
+            asyncio.create_task(self.outbox.run(self._done), name="publish"),
             asyncio.create_task(self._keep_leases(), name="leases"),
             asyncio.create_task(self._reclaim_loop(), name="reclaim"),
             asyncio.create_task(self._listen_cancels(), name="cancels"),
@@ -181,7 +168,7 @@ class Agent:
         deadline = time.monotonic() + drain_s
         while self._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        while not self._outbox.empty() and time.monotonic() < deadline + 1:
+        while self.outbox is not None and not self.outbox.empty() and time.monotonic() < deadline + 1:
             await asyncio.sleep(0.01)
         self._stopping.set()
 
@@ -225,11 +212,11 @@ class Agent:
                 try:
                     await self._ensure_group(partition)
                 except (rexc.ConnectionError, rexc.TimeoutError):
-                    _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
+                    reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                     await asyncio.sleep(1)
                 continue
             except (rexc.ConnectionError, rexc.TimeoutError) as exc:
-                _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
+                reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                 log.warning("agent.redis_unavailable", agent=self.name, error=str(exc))
                 await asyncio.sleep(1)
                 continue
@@ -244,7 +231,7 @@ class Agent:
         except (wire.WireError, KeyError) as exc:
             # Unreadable: acknowledge it away so it cannot block the stream; nothing to report to.
             log.error("agent.unreadable_entry", entry=entry_id, error=str(exc))
-            self._outbox.put_nowait((partition, entry_id, b""))
+            self.outbox.acknowledge(partition, entry_id)
             return
         if ident in self._inflight:
             return  # a lease renewal raced a reclaim; we already run it
@@ -315,7 +302,7 @@ class Agent:
                 event["started_at"] = a.began
             self._ship(a)  # every line reaches the live log before the result
             a.cap = None
-            self._outbox.put_nowait((a.partition, a.entry_id, _pack_result(event)))
+            self.outbox.result(a.partition, a.entry_id, _pack_result(event))
 
     async def _ship_logs(self) -> None:
         """Send what running attempts printed since the last round to their runs' live logs."""
@@ -325,19 +312,12 @@ class Agent:
                 self._ship(a)
 
     def _ship(self, a: _Attempt) -> None:
-        if a.cap is None:
-            return
-        lines = a.cap.take()
-        step = self.config.log_chunk_lines
-        for i in range(0, len(lines), step):
-            part = [[t, stream, _clean(text)] for t, stream, text in lines[i:i + step]]
-            payload = msgpack.packb({"task": a.env["task"], "attempt": a.env["attempt"], "lines": part})
-            chunk = _LogChunk(a.env.get("tenant") or "", a.env["run"], len(part), payload)
-            self._outbox.put_nowait((a.partition, None, chunk))
+        if a.cap is not None:
+            self.outbox.lines(a.partition, a.env, a.cap.take())
 
     def _announce(self, partition: int, event: dict[str, Any]) -> None:
         started = {k: event[k] for k in ("tenant", "run", "task", "attempt", "agent")}
-        self._outbox.put_nowait((partition, None, wire.pack(wire.ATTEMPT_STARTED, **started, at=event["started_at"])))
+        self.outbox.event(partition, wire.pack(wire.ATTEMPT_STARTED, **started, at=event["started_at"]))
 
     async def _call(self, a: _Attempt, cap: capture.Capture) -> Any:
         env = a.env
@@ -414,55 +394,7 @@ class Agent:
             # Async code (or not started yet): cancel the coroutine.
             a.task.cancel()
 
-    # ---- results, leases, reclaim, cancels -----------------------------------------------
-
-    async def _publish(self) -> None:
-        """Send started events, and results with their acknowledgements, coalescing whatever is
-        waiting into one round trip."""
-        assert self.client is not None
-        while True:
-            items = [await self._outbox.get()]
-            while not self._outbox.empty():
-                items.append(self._outbox.get_nowait())
-            while True:
-                try:
-                    await self._flush(items)
-                    break
-                except rexc.NoScriptError:  # Redis restarted or flushed its scripts
-                    self._finish_sha = await self.client.script_load(self._finish_src)
-                    self._log_sha = await self.client.script_load(self._log_src)
-                except (rexc.ConnectionError, rexc.TimeoutError) as exc:
-                    _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
-                    log.warning("agent.publish_retry", agent=self.name, error=str(exc))
-                    await asyncio.sleep(0.5)
-            for partition, entry_id, _payload in items:
-                if entry_id is not None:
-                    self._done(partition, entry_id)
-
-    async def _flush(self, items: list[tuple[int, bytes | None, bytes | _LogChunk]]) -> None:
-        assert self.client is not None
-        finished: dict[int, list[bytes]] = {}
-        c = self.config
-        live_ttl_ms = int(c.live_log_ttl_s * 1000)
-        async with self.client.pipeline(transaction=False) as pipe:
-            # In outbox order, and results last: an attempt's lines are in its run's live log
-            # before its result can end the run.
-            for partition, entry_id, payload in items:
-                if isinstance(payload, _LogChunk):
-                    pipe.evalsha(self._log_sha, 3, keys.run_log(partition, payload.run),
-                                 keys.run_log_count(partition, payload.run), keys.log_ingest(partition),
-                                 payload.n, payload.payload, payload.run, payload.tenant,
-                                 c.live_log_entries, live_ttl_ms, max(live_ttl_ms, _COUNTER_TTL_MS))
-                elif entry_id is None:
-                    pipe.xadd(keys.events(partition), {keys.ENTRY_FIELD: payload})
-                elif payload:
-                    finished.setdefault(partition, []).extend((entry_id, payload))
-                else:
-                    pipe.xack(keys.pool_stream(partition, self.config.pool), keys.AGENT_GROUP, entry_id)
-            for partition, pairs in finished.items():
-                stream = keys.pool_stream(partition, self.config.pool)
-                pipe.evalsha(self._finish_sha, 2, stream, keys.events(partition), keys.AGENT_GROUP, *pairs)
-            await pipe.execute()
+    # ---- deliveries, leases, reclaim, cancels -----------------------------------------------
 
     def _done(self, partition: int, entry_id: bytes) -> None:
         for ident, a in list(self._inflight.items()):
@@ -496,7 +428,7 @@ class Agent:
                         min_idle_time=0, message_ids=ids, justid=True,
                     )
             except (rexc.ConnectionError, rexc.TimeoutError, rexc.ResponseError) as exc:
-                _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
+                reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                 log.warning("agent.lease_renewal_failed", agent=self.name, error=str(exc))
 
     async def _reclaim_loop(self) -> None:
@@ -514,7 +446,7 @@ class Agent:
                               self.config.pool],
                     )
                 except (rexc.ConnectionError, rexc.TimeoutError, rexc.ResponseError) as exc:
-                    _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
+                    reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                     log.warning("agent.reclaim_failed", agent=self.name, error=str(exc))
                     continue
                 for entry_id, flat in entries:
@@ -532,7 +464,7 @@ class Agent:
             try:
                 await self._listen_cancels_once()
             except (rexc.ConnectionError, rexc.TimeoutError) as exc:
-                _reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
+                reraise_cancel()  # redis-py may turn a cancel into a ConnectionError
                 log.warning("agent.cancel_listener_reconnecting", agent=self.name, error=str(exc))
                 await asyncio.sleep(1)
 
@@ -542,7 +474,7 @@ class Agent:
         try:
             await pubsub.subscribe(keys.CANCEL_CHANNEL)
             while True:
-                _reraise_cancel()  # a cancel redis-py swallowed inside get_message still ends us
+                reraise_cancel()  # a cancel redis-py swallowed inside get_message still ends us
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if msg is None:
                     continue
@@ -566,15 +498,6 @@ class Agent:
                 pass
 
 
-def _reraise_cancel() -> None:
-    """If this task is being cancelled (the agent is stopping), stop now. redis-py can turn a
-    cancel into a ConnectionError, or swallow it, and a loop that retries would then hold up
-    the shutdown forever."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 def _context(ident: tuple[str, str, int]) -> dict[str, Any]:
     """An attempt's run, task and attempt number, for a log line about it."""
     return {"run": ident[0], "task": ident[1], "attempt": ident[2]}
@@ -589,16 +512,11 @@ def _interrupt_message(reason: str, env: dict[str, Any]) -> str:
 def _pack_result(event: dict[str, Any]) -> bytes:
     error = event.get("error")
     if isinstance(error, str):
-        event["error"] = _clean(error)[-_MAX_ERROR:]
+        event["error"] = clean(error)[-_MAX_ERROR:]
     try:
         return wire.pack(wire.ATTEMPT_FINISHED, **event)
     except (TypeError, ValueError) as exc:  # an output (or log line) msgpack cannot carry
-        logs = [[t, s, _clean(line)] for t, s, line in event.get("logs") or ()]
+        logs = [[t, s, clean(line)] for t, s, line in event.get("logs") or ()]
         event.update(ok=False, output=None, retryable=False, reason=wire.FAIL_REJECTED, logs=logs,
                      error=f"result cannot be encoded: {exc}")
         return wire.pack(wire.ATTEMPT_FINISHED, **event)
-
-
-def _clean(text: str) -> str:
-    """Text Postgres and msgpack accept: no NUL, no lone surrogates."""
-    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from flowforge import errors
 from flowforge.api import auth, quotas, schemas
 from flowforge.api.context import ApiContext
 from flowforge.ports import Principal
@@ -47,8 +46,7 @@ async def get_limits(
     who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> schemas.TenantLimits:
-    if tenant != who.tenant and not auth.is_operator(who):
-        raise errors.NotFound(f"tenant {tenant!r} not found")  # another tenant's: as if absent
+    auth.tenant_visible(who, tenant)  # another tenant's: as if absent
     return schemas.TenantLimits(**quotas.shown(await ctx.catalog.tenant_limits(tenant)))
 
 
