@@ -23,7 +23,7 @@ from tests.kube_fake import FakeKube
 ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-async def converge(m: manager.PoolManager, want: dict[str, dict[str, int]], timeout: float = 5.0) -> float:
+async def converge(m: manager.PoolManager, want: dict[str, dict[str, int]], timeout: float = 30.0) -> float:
     """Seconds until every pool has exactly `want` ready agents per group (AssertionError after timeout)."""
     began = time.monotonic()
     while True:
