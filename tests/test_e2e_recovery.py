@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import os
 import signal
 
@@ -116,6 +118,11 @@ def test_poison_task_is_dead_lettered_after_max_deliveries(client, redis_url):
 
 
 def test_agents_run_attempts_concurrently_in_slots(client):
+    # Both agents ready first: an earlier test may have just replaced one it killed.
+    view = lambda: client.bg.stack.manager.status()["default"]  # noqa: E731
+    deadline = time.monotonic() + 60
+    while not (view()["ready"] >= 2 and not view()["starting"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     n = 12
     run = client.wait(client.submit({"name": "slots", "tasks": [
         {"name": f"n{i}", "fn": "tests.tasks:nap", "args": [0.4]} for i in range(n)]}), timeout=60)
