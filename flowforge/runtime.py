@@ -97,6 +97,11 @@ def init_ray(cfg: settings_mod.Settings) -> bool:
         kwargs["labels"] = {"flowforge.io/node-group": "local"}
         if cfg.ray.num_cpus is not None:
             kwargs["num_cpus"] = cfg.ray.num_cpus
+    # Ray's driver would otherwise install a failure handler on SIGTERM that arms a 3-second
+    # alarm ending in SIGABRT: a coordinator draining for longer than that on SIGTERM would
+    # die mid-drain. This process handles SIGTERM itself (it stops the stack).
+    # Ray reads this whenever it sets up its logging, not only here, so it stays set.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     ray.init(**kwargs)
     return not cfg.ray.address
 
