@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import json
 import os
 import re
@@ -139,6 +140,9 @@ class Agent:
             asyncio.create_task(self._broken.wait(), name="stuck slots"),
         ]
         log.info("agent.started", agent=self.name, pool=self.config.pool, slots=self.config.slots)
+        # What is alive now (Ray, prewarmed modules) lives as long as the agent: keep it out of
+        # the collector's full passes, which otherwise stall every slot for 60-100 ms.
+        gc.freeze()
         self.ready.set()  # prewarmed and reading: what the pool manager waits for
         stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
         try:

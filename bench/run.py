@@ -87,12 +87,12 @@ BEAT_CELERY = (("chain100", "per_hop_ms_p50"), ("fanout10k", "tasks_per_s"))
 
 
 def lower_is_better(metric: str) -> bool:
-    """Latency-like metrics (``*_ms*``, ``*_s_p*``, ``latency``) are lower-better;
-    rates (``*per_s``, ``*_per_*``) higher-better."""
+    """Latency-like metrics (``*_ms*``, ``*_s_p*``, ``latency``, ``slowdown``) are
+    lower-better; rates (``*per_s``, ``*_per_*``) higher-better."""
     m = metric.lower()
     if "per_s" in m or "_per_" in m or "throughput" in m:
         return False
-    return "_ms" in m or "latency" in m or m.endswith("_s") or "seconds" in m
+    return "_ms" in m or "latency" in m or m.endswith("_s") or "seconds" in m or "slowdown" in m
 
 
 def ratio(metric: str, ff: float, peer: float) -> float | None:

@@ -121,8 +121,9 @@ class WorkQueue(Protocol):
 
     async def publish_events(self, events: Sequence[tuple[int, bytes]]) -> None: ...
 
-    async def dispatch(self, entries: Sequence[tuple[int, str, bytes]]) -> None:
-        """XADD (partition, pool, envelope) entries to their pool streams, in one round trip."""
+    async def dispatch(self, entries: Sequence[tuple[int, str, bytes]]) -> list[bytes]:
+        """XADD (partition, pool, envelope) entries to their pool streams, in one round trip;
+        their entry ids, in order."""
         ...
 
     async def commit(
@@ -130,8 +131,13 @@ class WorkQueue(Protocol):
         dispatches: Sequence[tuple[int, str, bytes]],
         stops: Sequence[tuple[str, str, int]],
         deliveries: Sequence[Delivery],
-    ) -> None:
-        """Dispatch, signal stops and acknowledge events, in one round trip."""
+    ) -> list[bytes]:
+        """Dispatch, signal stops and acknowledge events, in one round trip; the dispatch
+        entries' ids, in order."""
+        ...
+
+    async def revoke(self, partition: int, pool: str, entry_ids: Sequence[bytes]) -> list[bytes]:
+        """Delete those of the entries that no agent has read yet, atomically; their ids."""
         ...
 
     async def attempts_in_stream(self, partition: int, pool: str) -> set[tuple[str, str, int]]: ...

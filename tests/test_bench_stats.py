@@ -30,3 +30,11 @@ def test_chain_metrics():
     m = chain_metrics([1.0, 2.0, 3.0])
     assert m["per_hop_ms_p50"] == pytest.approx(2.0)
     assert m["per_hop_ms_p95"] == pytest.approx(2.9)
+
+
+def test_metric_directions():
+    from bench.run import lower_is_better
+
+    assert lower_is_better("per_hop_ms_p50") and lower_is_better("seconds_p50")
+    assert lower_is_better("b_slowdown") and lower_is_better("b_slowdown_fifo")
+    assert not lower_is_better("tasks_per_s") and not lower_is_better("postgres_lines_per_s")

@@ -3,6 +3,7 @@ and trimming that never drops unacknowledged or undelivered work."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from flowforge.backends import redis_streams
 ROOT = Path(__file__).resolve().parent.parent
 FINISH = (ROOT / "agents/lua/finish.lua").read_text()
 RECLAIM = (ROOT / "agents/lua/reclaim.lua").read_text()
-TRIM = (ROOT / "flowforge/backends/trim.lua").read_text()
+TRIM = redis_streams.TRIM
+REVOKE = redis_streams.REVOKE
 F = keys.ENTRY_FIELD
 
 
@@ -105,6 +107,43 @@ def test_trim_keeps_pending_and_undelivered_entries(r):
     client.xack(stream, keys.AGENT_GROUP, ids[4], ids[5])
     client.register_script(TRIM)(keys=[stream], args=[keys.AGENT_GROUP])
     assert client.xlen(stream) <= 1  # all acknowledged: only the last delivered id may remain
+
+
+def test_revoke_deletes_only_entries_no_agent_has_read(r):
+    client, part = r
+    stream = keys.pool_stream(part, "t")
+    ids = _dispatch(client, part, 6)
+    client.xreadgroup(keys.AGENT_GROUP, "a", {stream: ">"}, count=2)  # ids[0:2] read, 4 not
+    client.xack(stream, keys.AGENT_GROUP, ids[0])
+    revoke = client.register_script(REVOKE)
+    taken = revoke(keys=[stream], args=[keys.AGENT_GROUP, ids[0], ids[1], ids[3], ids[5], b"99999999999999-0"])
+    assert taken == [ids[3], ids[5]]  # unread ones only; an unknown id is ignored
+    assert [e for e, _ in client.xrange(stream)] == [ids[0], ids[1], ids[2], ids[4]]
+    assert client.xpending(stream, keys.AGENT_GROUP)["pending"] == 1  # ids[1] is still being worked on
+    got = client.xreadgroup(keys.AGENT_GROUP, "b", {stream: ">"}, count=10)
+    assert [e for e, _ in got[0][1]] == [ids[2], ids[4]]  # what was not taken back is read as before
+    assert revoke(keys=[stream], args=[keys.AGENT_GROUP, ids[2]]) == []  # read now: stays
+    assert revoke(keys=["no-such-stream"], args=[keys.AGENT_GROUP, ids[2]]) == []
+
+
+def test_the_queue_returns_entry_ids_and_revokes_through_the_script(r, redis_url):
+    asyncio.run(_queue_ids_and_revoke(*r, redis_url))
+
+
+async def _queue_ids_and_revoke(client, part, redis_url):
+    queue = redis_streams.RedisQueue.connect(redis_url)
+    try:
+        stream = keys.pool_stream(part, "t")
+        client.xgroup_create(stream, keys.AGENT_GROUP, id="0", mkstream=True)
+        ids = await queue.dispatch([(part, "t", wire.pack(wire.DISPATCH, run="r", task=f"k{i}", attempt=1))
+                                    for i in range(3)])
+        assert [e for e, _ in client.xrange(stream)] == ids
+        more = await queue.commit([(part, "t", wire.pack(wire.DISPATCH, run="r", task="k3", attempt=1))], [], [])
+        assert len(more) == 1 and client.xrange(stream)[-1][0] == more[0]
+        client.xreadgroup(keys.AGENT_GROUP, "a", {stream: ">"}, count=1)
+        assert await queue.revoke(part, "t", [*ids, *more]) == [ids[1], ids[2], more[0]]
+    finally:
+        await queue.close()
 
 
 def test_keys_of_a_partition_share_one_cluster_slot():

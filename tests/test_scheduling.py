@@ -3,9 +3,10 @@ no credit for idleness, and dispatch only into free slots. Properties over rando
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from flowforge.engine.scheduling import Ready, Scheduler
 
@@ -290,3 +291,40 @@ def test_costs_light_slots_share_their_agent_heavy_ones_count_their_requests():
     assert slot_cost(shape) == Cost(cpu=500, memory=2**30, gpu=250)
     assert request_cost(spec.Resources(cpu="1500m", memory="2Gi", gpu=2)) == Cost(1500, 2 * 2**30, 2000)
     assert request_cost(spec.Resources()) == Cost(0, 0, 0)  # no requests: counts nothing
+
+
+@settings(deadline=None)
+@given(st.integers(1, 12), st.integers(0, 10), st.integers(1, 30), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_a_newcomer_gets_prefetched_room_back_in_fair_order(slots, prefetch_tenths, newcomer, w_b, rnd):
+    """A floods the pool (slots + prefetch in flight, some read by agents, some not); B arrives.
+    Taking back A's unread entries puts B's attempts first in the next dispatch, B gets up to
+    its weighted share at once, A's taken-back attempts come again in their order, and no
+    attempt is lost or doubled."""
+    s = Scheduler(lambda pool: slots, prefetch_tenths / 10, weight=lambda t: w_b if t == "b" else 1.0)
+    flood = [_item("a", n) for n in range(4 * slots + 10)]
+    for item in flood:
+        s.offer(item)
+    first = list(s.take(lambda _: True))
+    for n, item in enumerate(first):
+        s.placed(item, f"1-{n}".encode())
+    budget = len(first)
+    read = {f"1-{n}".encode() for n in range(budget) if rnd.random() < 0.5}  # agents hold these
+    for n in range(newcomer):
+        s.offer(_item("b", n))
+    asked = [i for ids in s.revocable().values() for i in ids]
+    assert sorted(asked) == sorted(f"1-{n}".encode() for n in range(budget))  # all of A's: it is over its share
+    taken = [i for i in asked if i not in read]
+    assert s.revoked(asked, taken) == len(taken)
+    again = list(s.take(lambda _: True))
+    assert not taken or again[0].tenant == "b"  # B's attempts go before A's taken-back ones
+    b_held = sum(1 for item in again if item.tenant == "b")
+    # B holds its weighted share at once, as far as the room taken back allows
+    assert b_held >= min(math.floor(budget * w_b / (w_b + 1)), len(taken), newcomer)
+    a_again = [item.key for item in again if item.tenant == "a"]
+    assert a_again == sorted(a_again, key=lambda k: int(k[1:]))  # A's keep their order
+    assert all(item.again for item in again if item.tenant == "a")
+    in_flight = s.inflight()
+    assert len(in_flight) == budget  # the budget is spent again, nothing over it
+    assert s.backlog("p") + len(in_flight) == len(flood) + newcomer  # nothing lost or doubled
+    # asked twice for the same entries: those an agent holds are no longer asked for
+    assert not (set(i for ids in s.revocable().values() for i in ids) & read)

@@ -393,7 +393,7 @@ def _flooding(run_id: str, timeout: float = 120) -> None:
         time.sleep(0.005)
 
 
-def fairness(flood: int = 5000, small: int = 50, reps: int = 3) -> dict[str, float]:
+def fairness(flood: int = 5000, small: int = 50, reps: int = 5) -> dict[str, float]:
     """Tenant A floods the pool with `flood` no-op tasks, then tenant B submits `small`:
     `b_slowdown` = B's completion time under the flood / B's time alone (medians of `reps`),
     with fair share on, and with it off (`b_slowdown_fifo`, first come first served)."""

@@ -14,7 +14,13 @@ import redis.exceptions as rexc
 
 from flowforge import errors, keys, ports, wire
 
-_TRIM = (Path(__file__).parent / "trim.lua").read_text()
+def _script(name: str) -> str:
+    here = Path(__file__).parent
+    return (here / "last_delivered.lua").read_text() + (here / name).read_text()
+
+
+TRIM = _script("trim.lua")
+REVOKE = _script("revoke.lua")
 
 
 def _translate(exc: Exception) -> errors.FlowForgeError:
@@ -41,7 +47,8 @@ class RedisQueue:
     def __init__(self, client: aioredis.Redis, *, consumer: str = "owner") -> None:
         self.client = client
         self.consumer = consumer
-        self._trim = client.register_script(_TRIM)
+        self._trim = client.register_script(TRIM)
+        self._revoke = client.register_script(REVOKE)
         self._epoch: bytes | None = None
         self._backlog_read: set[int] = set()  # partitions whose own pending entries were re-read
 
@@ -103,14 +110,23 @@ class RedisQueue:
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise _translate(exc) from None
 
-    async def dispatch(self, entries: Sequence[tuple[int, str, bytes]]) -> None:
+    async def dispatch(self, entries: Sequence[tuple[int, str, bytes]]) -> list[bytes]:
         if not entries:
-            return
+            return []
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for partition, pool, payload in entries:
                     pipe.xadd(keys.pool_stream(partition, pool), {keys.ENTRY_FIELD: payload})
-                await pipe.execute()
+                return list(await pipe.execute())
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+
+    async def revoke(self, partition: int, pool: str, entry_ids: Sequence[bytes]) -> list[bytes]:
+        if not entry_ids:
+            return []
+        try:
+            return list(await self._revoke(keys=[keys.pool_stream(partition, pool)],
+                                           args=[keys.AGENT_GROUP, *entry_ids]))
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise _translate(exc) from None
 
@@ -125,14 +141,15 @@ class RedisQueue:
         dispatches: Sequence[tuple[int, str, bytes]],
         stops: Sequence[tuple[str, str, int]],
         deliveries: Sequence[ports.Delivery],
-    ) -> None:
+    ) -> list[bytes]:
         """A cycle's Redis side in one round trip: dispatch entries, stop signals, then the
-        acknowledgement of the events that caused them (last, so a crash re-reads them)."""
+        acknowledgement of the events that caused them (last, so a crash re-reads them).
+        Returns the dispatch entries' ids."""
         by_stream: dict[str, list[bytes]] = {}
         for d in deliveries:
             by_stream.setdefault(d.stream, []).append(d.entry_id)
         if not (dispatches or stops or by_stream):
-            return
+            return []
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for partition, pool, payload in dispatches:
@@ -141,7 +158,7 @@ class RedisQueue:
                     pipe.publish(keys.CANCEL_CHANNEL, msgpack.packb([list(a) for a in stops], use_bin_type=True))
                 for stream, ids in by_stream.items():
                     pipe.xack(stream, keys.COORDINATOR_GROUP, *ids)
-                await pipe.execute()
+                return list((await pipe.execute())[: len(dispatches)])
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise _translate(exc) from None
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def _run_stack(cfg, started, shared: str | None = None, **stack_options) -> None
         stack = runtime.Stack(cfg, services, **stack_options)
         try:
             await stack.start()
+            # Modules, settings and clients made so far live as long as the process: keep them
+            # out of the collector's full passes, which otherwise stall every cycle for tens of ms.
+            gc.freeze()
+
             await started(stack, services)
             await stop.wait()
             typer.echo("stopping…")

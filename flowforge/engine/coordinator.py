@@ -46,6 +46,7 @@ class _Cycle:
     stops: list[tuple[str, str, int]] = field(default_factory=list)
     timers: list[timers.Timer] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
+    dispatched: list[scheduling.Ready] = field(default_factory=list)  # in the order of its dispatches
 
 
 class Coordinator:
@@ -260,6 +261,7 @@ class Coordinator:
                 entry = self.runs.get(run_id)
                 if entry is not None:
                     self._apply(entry[0], entry[1], ev, cyc)
+            await self._take_back()
             dispatches = self._schedule(cyc)
             t1 = time.perf_counter()
             self.timing["decide"] += t1 - t0
@@ -284,7 +286,7 @@ class Coordinator:
             return
         for t in cyc.timers:
             self.timers.arm(t)
-        await self.queue.commit(dispatches, cyc.stops, deliveries)
+        self._placed(cyc, await self.queue.commit(dispatches, cyc.stops, deliveries))
         self.timing["publish"] += time.perf_counter() - t2
         ended = {r for r, _ in events if (e := self.runs.get(r)) is not None and e[0].status in RUN_TERMINAL}
         self._forget(ended)
@@ -309,6 +311,7 @@ class Coordinator:
     async def _dispatch_only(self, now: float) -> None:
         """Free slots may have opened without events of ours (another partition's work ended)."""
         async with self.lock:
+            await self._take_back()
             await self._dispatch_locked(now)
 
     async def _dispatch_locked(self, now: float) -> None:
@@ -318,7 +321,22 @@ class Coordinator:
             if await self.store.apply(cyc.batch):
                 self._forget(cyc.touched)
             else:
-                await self.queue.dispatch(dispatches)
+                self._placed(cyc, await self.queue.dispatch(dispatches))
+
+    def _placed(self, cyc: _Cycle, entry_ids: Sequence[bytes]) -> None:
+        for item, entry_id in zip(cyc.dispatched, entry_ids):
+            self.scheduler.placed(item, entry_id)
+
+    async def _take_back(self) -> None:
+        """A tenant waits below its fair share while others' prefetched entries fill the pool:
+        take back those no agent has read yet. They queue again, and the schedule that follows
+        gives their room to the tenant that waits, so its attempts do not queue in the stream
+        behind them. (Should the cycle's write then fail, a run it reloads counts such an
+        attempt as dispatched; the reconciler dispatches it again once it sees no entry.)"""
+        for (partition, pool), entry_ids in self.scheduler.revocable().items():
+            back = self.scheduler.revoked(entry_ids, await self.queue.revoke(partition, pool, entry_ids))
+            if back:
+                log.debug("coordinator.prefetch_taken_back", pool=pool, attempts=back)
 
     def _apply(self, run: Run, partition: int, event: machine.Event, cyc: _Cycle) -> None:
         before_status, before_cancel, before_retries = run.status, run.cancel_requested, run.retries
@@ -414,6 +432,7 @@ class Coordinator:
         m = self.metrics
         for item in self.scheduler.take(wanted, dispatched):
             cyc.touched.add(item.run_id)
+            cyc.dispatched.append(item)
             env = dict(item.envelope, dispatched_at=dispatched)
             out.append((item.partition, item.pool, wire.pack(wire.DISPATCH, **env)))
             # An attempt's row appears when it is handed to its pool; until then the task row
@@ -422,7 +441,7 @@ class Coordinator:
                 item.run_id, item.tenant, item.key, item.attempt, "queued", pool=item.pool,
                 queued_at=item.envelope["queued_at"], dispatched_at=dispatched,
             )
-            if m is not None:
+            if m is not None and not item.again:
                 m.dispatched(item.tenant, item.pool, dispatched - item.envelope["queued_at"])
         return out
 

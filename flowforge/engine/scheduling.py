@@ -4,6 +4,7 @@ fair share across tenants, priorities within one) instead of becoming the stream
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -70,6 +71,7 @@ class Ready:
     priority: int = 0  # higher first, within its tenant
     project: str = "default"
     cost: Cost = NO_COST
+    again: bool = False  # dispatched before, then taken back from its stream unread
 
 
 def _anyone(item: Ready) -> bool:
@@ -125,7 +127,7 @@ class _Pool:
         heapq.heappush(queue, (-priority, seq, item))
         self.size += 1
 
-    def pop(self, allowed: Callable[[Ready], bool], share: Callable[[str], float]) -> Ready | None:
+    def pop(self, allowed: Callable[[Ready], bool], share: Callable[[str], float]) -> _Entry | None:
         """The next attempt: the head of the tenant holding the smallest weighted share of the
         pool's slots (`share`), then the one furthest behind in dispatches, among those with a
         lane whose head is `allowed` (within its quotas); None when none is. O(lanes)."""
@@ -154,13 +156,16 @@ class _Pool:
         tenant, lane = best
         lanes = self.queues[tenant]
         queue = lanes[lane]
-        item = heapq.heappop(queue)[2]
+        entry = heapq.heappop(queue)
         self.size -= 1
         if not queue:
             del lanes[lane]
             if not lanes:
                 del self.queues[tenant]
-        return item
+        return entry
+
+    def waiting(self, tenant: str) -> int:
+        return sum(len(queue) for queue in self.queues.get(tenant, {}).values())
 
     def peek(self) -> Ready:
         tenant = min(self.queues, key=lambda t: (self.passes[t], t))
@@ -229,6 +234,9 @@ class Scheduler:
         self._busy: dict[str, int] = {}  # pool -> attempts in flight
         self._holding: dict[tuple[str, str], int] = {}  # (pool, tenant) -> attempts in flight
         self._held: dict[str, int] = {}  # run -> its attempts waiting here or in flight
+        # Attempts this scheduler dispatched whose stream entry no agent may have read yet:
+        # (run, key) -> (queue entry, entry id); `revocable` may want them back.
+        self._placed: dict[tuple[str, str], tuple[_Entry, bytes | None]] = {}
 
     def offer(self, item: Ready) -> None:
         pool = self._pools.get(item.pool)
@@ -351,17 +359,91 @@ class Scheduler:
             while pool.size and free > 0:
                 if not self._fair and not self._fits(pool.peek()):
                     break  # first come, first served: the head waits for its quotas
-                item = pool.pop(self._fits if self._fair and self._limits else _anyone, self._share(name))
-                if item is None:
+                entry = pool.pop(self._fits if self._fair and self._limits else _anyone, self._share(name))
+                if entry is None:
                     break  # what waits belongs to tenants at their quota
+                item = entry[2]
                 self._hold(item.run_id, -1)
                 if not still_wanted(item):
                     continue  # a stale attempt: dropped, and not counted against its tenant
                 pool.charge(item.tenant if self._fair else "", self._weight(item.tenant))
                 self.mark_inflight(item.run_id, item.key, name, now, item.tenant,
                                    project=item.project, cost=item.cost)
+                if self._fair:
+                    self._placed[(item.run_id, item.key)] = (entry, None)
                 free -= 1
                 yield item
+
+    # ---- taking back prefetched entries ----------------------------------------------------
+
+    def placed(self, item: Ready, entry_id: bytes) -> None:
+        """`item` (yielded by `take`) now sits in its pool stream as entry `entry_id`."""
+        found = self._placed.get((item.run_id, item.key))
+        if found is not None:
+            self._placed[(item.run_id, item.key)] = (found[0], entry_id)
+
+    def revocable(self) -> dict[tuple[int, str], list[bytes]]:
+        """Dispatch entries to take back, by (partition, pool): when a tenant waits in a pool
+        while holding less than its weighted share of the pool's in-flight budget (slots plus
+        prefetch) and that budget is spent, every entry of the tenants holding more than their
+        share. Only entries no agent has read yet can actually be taken back (`revoked` learns
+        which); the next `take` dispatches them again in fair order, after the waiting
+        tenant's. Without this, a tenant arriving while another's attempts fill the pool would
+        queue in the stream behind every attempt prefetched for the other."""
+        out: dict[tuple[int, str], list[bytes]] = {}
+        if not self._fair or not self._placed:
+            return out
+        for name, pool in self._pools.items():
+            if not pool.size:
+                continue
+            free = self.free(name)
+            held = {t: n for (p, t), n in self._holding.items() if p == name}
+            active = set(held) | set(pool.queues)
+            if len(active) < 2:
+                continue
+            budget = free + self._busy.get(name, 0)
+            total = sum(max(self._weight(t), 1e-6) for t in active)
+            fair = {t: budget * max(self._weight(t), 1e-6) / total for t in active}
+            want = 0
+            for tenant in pool.queues:
+                short = math.ceil(fair[tenant]) - held.get(tenant, 0)
+                if short > 0 and any(self._fits(head) for head in self._heads(pool, tenant)):
+                    want += min(short, pool.waiting(tenant))
+            if want <= max(free, 0):
+                continue
+            over = {t for t, n in held.items() if n > fair[t]}
+            for entry, entry_id in self._placed.values():
+                item = entry[2]
+                if entry_id is not None and item.pool == name and item.tenant in over:
+                    out.setdefault((item.partition, name), []).append(entry_id)
+        return out
+
+    @staticmethod
+    def _heads(pool: _Pool, tenant: str) -> Iterator[Ready]:
+        for queue in pool.queues.get(tenant, {}).values():
+            yield queue[0][2]
+
+    def revoked(self, asked: list[bytes], taken: list[bytes]) -> int:
+        """The outcome of taking back the entries `asked` (from `revocable`): those `taken`
+        queue again in their place (their arrival order kept); the rest were read by an agent
+        and stay in flight, no longer revocable. Returns how many queue again."""
+        if not asked:
+            return 0
+        asked_set, taken_set = set(asked), set(taken)
+        back = 0
+        for ident, (entry, entry_id) in list(self._placed.items()):
+            if entry_id not in asked_set:
+                continue
+            if entry_id not in taken_set:
+                del self._placed[ident]  # an agent has it
+                continue
+            item = entry[2]
+            self.done(item.run_id, item.key)
+            again = item if item.again else dataclasses.replace(item, again=True)
+            self._pools[item.pool].push(item.tenant, item.priority, entry[1], again, item.project)
+            self._hold(item.run_id, +1)
+            back += 1
+        return back
 
     def mark_inflight(self, run_id: str, key: str, pool: str, since: float = 0.0, tenant: str = "", *,
                       project: str = "default", cost: Cost = NO_COST) -> None:
@@ -382,6 +464,7 @@ class Scheduler:
 
     def done(self, run_id: str, key: str) -> None:
         self._since.pop((run_id, key), None)
+        self._placed.pop((run_id, key), None)
         found = self._inflight.pop((run_id, key), None)
         if found is not None:
             pool, tenant, project, cost = found
