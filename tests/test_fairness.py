@@ -35,7 +35,8 @@ def test_a_newcomer_runs_before_the_prefetched_attempts_of_a_flooding_tenant(api
     a, b = _tenant(api, stack, "flood-a"), _tenant(api, stack, "flood-b")
     flood = {"name": "flood", "params": {"items": []}, "tasks": [
         {"name": "nap", "fn": "tests.tasks:nap", "args": ["{{ item }}"], "map": {"over": "{{ params.items }}"}}]}
-    a_run = a.post("/api/v1/runs", json={"dag": flood, "params": {"items": [0.5] * (4 * SLOTS)}}).json()["id"]
+    # Naps long enough that B arrives within the first wave even on a loaded machine.
+    a_run = a.post("/api/v1/runs", json={"dag": flood, "params": {"items": [1.5] * (3 * SLOTS)}}).json()["id"]
     # A fills the pool: its slots run, and as many attempts again wait in the stream.
     _wait(a, a_run, lambda run: sum(bool(t["attempts"]) for t in run["tasks"]) >= 2 * SLOTS)
     b_run = b.post("/api/v1/runs", json={"dag": {"name": "quick", "tasks": [
@@ -47,4 +48,4 @@ def test_a_newcomer_runs_before_the_prefetched_attempts_of_a_flooding_tenant(api
     # First come, first served in the stream, B would start after all 2 x SLOTS of A's
     # attempts in flight when it arrived. Taken back, A's prefetched ones go after B.
     assert ahead < 2 * SLOTS - SLOTS // 2, ahead
-    assert len(_started(a_done)) == 4 * SLOTS  # every attempt taken back ran exactly once
+    assert len(_started(a_done)) == 3 * SLOTS  # every attempt taken back ran exactly once
