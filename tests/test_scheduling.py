@@ -314,7 +314,8 @@ def test_a_newcomer_gets_prefetched_room_back_in_fair_order(slots, prefetch_tent
     asked = [i for ids in s.revocable().values() for i in ids]
     assert sorted(asked) == sorted(f"1-{n}".encode() for n in range(budget))  # all of A's: it is over its share
     taken = [i for i in asked if i not in read]
-    assert s.revoked(asked, taken) == len(taken)
+    assert s.revoked(1, "p", asked, taken) == 0  # another partition's stream: ids there are not these
+    assert s.revoked(0, "p", asked, taken) == len(taken)
     again = list(s.take(lambda _: True))
     assert not taken or again[0].tenant == "b"  # B's attempts go before A's taken-back ones
     b_held = sum(1 for item in again if item.tenant == "b")

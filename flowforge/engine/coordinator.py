@@ -334,7 +334,8 @@ class Coordinator:
         behind them. (Should the cycle's write then fail, a run it reloads counts such an
         attempt as dispatched; the reconciler dispatches it again once it sees no entry.)"""
         for (partition, pool), entry_ids in self.scheduler.revocable().items():
-            back = self.scheduler.revoked(entry_ids, await self.queue.revoke(partition, pool, entry_ids))
+            taken = await self.queue.revoke(partition, pool, entry_ids)
+            back = self.scheduler.revoked(partition, pool, entry_ids, taken)
             if back:
                 log.debug("coordinator.prefetch_taken_back", pool=pool, attempts=back)
 

@@ -204,8 +204,10 @@ class Scheduler:
     of one with weight 1, however long their tasks run), ties to the one furthest behind in
     dispatches; highest priority first within a tenant. A tenant that arrives while another
     holds every slot gets each slot that frees until it holds its share; none starves, and an
-    idle tenant earns no credit to burst with later. Without `fair`: one queue, first come,
-    first served.
+    idle tenant earns no credit to burst with later. Such a newcomer also need not wait behind
+    the others' prefetched entries: `revocable` names those worth taking back from the stream,
+    and `revoked` queues again the ones no agent had read. Without `fair`: one queue, first
+    come, first served.
 
     Quotas: an attempt is dispatched only if it fits every limit of its tenant and of its
     project (attempts in flight, and the summed CPU, memory and GPU of their costs). Each
@@ -423,16 +425,17 @@ class Scheduler:
         for queue in pool.queues.get(tenant, {}).values():
             yield queue[0][2]
 
-    def revoked(self, asked: list[bytes], taken: list[bytes]) -> int:
-        """The outcome of taking back the entries `asked` (from `revocable`): those `taken`
-        queue again in their place (their arrival order kept); the rest were read by an agent
-        and stay in flight, no longer revocable. Returns how many queue again."""
+    def revoked(self, partition: int, pool: str, asked: list[bytes], taken: list[bytes]) -> int:
+        """The outcome of taking back the entries `asked` from one pool stream (as `revocable`
+        listed them): those `taken` queue again in their place (their arrival order kept); the
+        rest were read by an agent and stay in flight, no longer revocable. Returns how many
+        queue again. (Entry ids are unique within a stream only.)"""
         if not asked:
             return 0
         asked_set, taken_set = set(asked), set(taken)
         back = 0
         for ident, (entry, entry_id) in list(self._placed.items()):
-            if entry_id not in asked_set:
+            if entry_id not in asked_set or entry[2].partition != partition or entry[2].pool != pool:
                 continue
             if entry_id not in taken_set:
                 del self._placed[ident]  # an agent has it
