@@ -285,7 +285,7 @@ class Stack:
         self._jobs += [
             asyncio.create_task(self.log_writer.run_forever(), name="log writer"),
             asyncio.create_task(self.coordinator.run_forever(), name="coordinator"),
-            asyncio.create_task(self.coordinator.follow_tenant_limits(), name="tenant limits"),
+            asyncio.create_task(self.coordinator.quotas.follow(self._stopping), name="tenant limits"),
             asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
         ]
         if self.api is None and self.metrics_port:

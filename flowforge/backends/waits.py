@@ -4,7 +4,7 @@ Per partition, one small Redis hash `ff:{pN}:quota-waits`: lane (`pool|tenant|pr
 reason, e.g. "quota: tenant acme max_gpu 2 (2 in use)". Each publish replaces the hash whole
 (one script per key, so it also works on Redis Cluster) and sets a short TTL: the reasons of a
 coordinator that stopped expire. The coordinator publishes only when the map changed, or to
-refresh the TTL; nothing is written per task (see `Coordinator.publish_waits`)."""
+refresh the TTL; nothing is written per task (see `QuotaFeed.publish_waits`)."""
 
 from __future__ import annotations
 

@@ -6,24 +6,20 @@ work the reconciler finds again, never a transition that was announced but not s
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
-from flowforge import errors, keys, ports, wire
-from flowforge.domain import machine, model, routing, spec
+from flowforge import errors, ports, wire
+from flowforge.domain import machine, model, routing
 from flowforge.domain.model import Run
 from flowforge.domain.states import RUN_TERMINAL, TASK_ACTIVE, TaskStatus
-from flowforge.engine import scheduling, timers
+from flowforge.engine import envelopes, events as stream_events, quota_feed, scheduling, timers
 
 log = structlog.get_logger("flowforge.coordinator")
-WAITS_EVERY_S = 0.5  # how often the quota wait reasons are recomputed (and published if changed)
-WAITS_TTL_S = 10.0  # published reasons expire unless refreshed (a coordinator that died)
 
 
 @dataclass(frozen=True)
@@ -66,15 +62,11 @@ class Coordinator:
         self.queue = queue
         self.clock = clock
         self.options = options
-        # What a light attempt of each pool counts against quotas: its slot's share of an agent.
-        self._slot_costs = {pool: scheduling.slot_cost(shape) for pool, shape in (shapes or {}).items()}
-        self._waits: dict[str, str] = {}  # the quota wait reasons last published
-        self._waits_checked = 0.0
-        self._waits_published = 0.0
         self.runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()  # run id -> (run, partition)
         self.scheduler = scheduling.Scheduler(capacity, options.prefetch, fair=options.fair_share)
+        self.quotas = quota_feed.QuotaFeed(self.scheduler, store, queue, options.partitions, shapes)
         self.timers = timers.Timers()
-        self._stopping = asyncio.Event()
+        self.stopping = asyncio.Event()
         # The reconciler runs beside the event loop; both change the held runs only under this.
         self.lock = asyncio.Lock()
         self.cycles = 0
@@ -84,34 +76,13 @@ class Coordinator:
     # ---- lifecycle -----------------------------------------------------------------------
 
     def stop(self) -> None:
-        self._stopping.set()
-
-    async def follow_tenant_limits(self, every_s: float = 1.0) -> None:
-        """Keep the scheduler's quotas (tenants' and projects') and weights as Postgres has them."""
-        read = getattr(self.store, "tenant_limits", None)
-        if read is None:
-            return
-        while not self._stopping.is_set():
-            try:
-                found = await read()
-                if isinstance(found, ports.Quotas):
-                    self.scheduler.set_limits(
-                        {t: scheduling.Quota(**q) for t, q in found.tenants.items()},
-                        {k: scheduling.Quota(**q) for k, q in found.projects.items()},
-                    )
-                    self.scheduler.set_weights(found.weights)
-                else:  # (quotas of attempts in flight, weights)
-                    self.scheduler.set_quotas(found[0])
-                    self.scheduler.set_weights(found[1])
-            except errors.TemporaryError as exc:
-                log.warning("coordinator.tenant_limits_unavailable", error=str(exc))
-            await asyncio.sleep(every_s)
+        self.stopping.set()
 
     async def run_forever(self) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 await self.cycle()
-                await self.publish_waits()
+                await self.quotas.publish_waits()
             except errors.TemporaryError as exc:
                 log.warning("coordinator.backend_unavailable", error=str(exc))
                 await self._reset(exc.delay)
@@ -128,39 +99,6 @@ class Coordinator:
             if reset is not None:
                 reset()
         await asyncio.sleep(delay)
-
-    async def publish_waits(self) -> None:
-        """Tell the API which queued attempts wait for a quota, and which limit.
-
-        Why this way: a held attempt's row is not written at all. Every WAITS_EVERY_S the
-        scheduler names the lanes (pool, tenant, project) whose head does not fit a quota, and
-        so wait whole: O(lanes), never O(tasks). That small map goes to Redis, in one hash per
-        partition this coordinator serves, only when it changed (or to refresh its TTL, so a
-        dead coordinator's reasons expire). The API attaches the reason to the tasks of a run
-        that are queued, not yet dispatched, in such a lane. Writing a reason on each held
-        task's row instead would cost a Postgres write per task when it becomes held and again
-        when it stops being held, for tasks that may number in the hundreds of thousands."""
-        publish = getattr(self.queue, "publish_waits", None)
-        now = time.monotonic()
-        if publish is None or now - self._waits_checked < WAITS_EVERY_S:
-            return
-        self._waits_checked = now
-        waits = {keys.quota_wait_field(*lane): why for lane, why in self.scheduler.quota_waits().items()}
-        if waits == self._waits and (not waits or now - self._waits_published < WAITS_TTL_S / 3):
-            return
-        try:
-            await publish(self.options.partitions, waits, WAITS_TTL_S)
-        except Exception as exc:  # best effort: never a reason to stop dispatching
-            log.warning("coordinator.waits_unpublished", error=repr(exc))
-            return
-        self._waits, self._waits_published = waits, now
-
-    def cost_of(self, run: Run, name: str, pool: str) -> scheduling.Cost:
-        """What an attempt of task `name` counts against quotas while in flight: a heavy one its
-        Pod's requests, a light one its slot's share of the pool's agent."""
-        if pool == model.HEAVY_POOL:
-            return _request_cost(run.dag.tasks[name].resources)
-        return self._slot_costs.get(pool, scheduling.NO_COST)
 
     # ---- one cycle -----------------------------------------------------------------------
 
@@ -190,7 +128,7 @@ class Coordinator:
     ) -> None:
         events: list[tuple[str, machine.Event]] = []
         for d in deliveries:
-            parsed = _event(d.envelope)
+            parsed = stream_events.decode(d.envelope)
             if parsed is None:
                 log.warning("coordinator.unreadable_event", stream=d.stream, kind=d.envelope.get("k"))
             else:
@@ -213,7 +151,7 @@ class Coordinator:
         self, deliveries: Sequence[ports.Delivery], due: Sequence[timers.Timer], now: float
     ) -> None:
         singles: list[tuple[tuple[str, machine.Event] | None, ports.Delivery | None]] = [
-            (_event(d.envelope), d) for d in deliveries
+            (stream_events.decode(d.envelope), d) for d in deliveries
         ]
         singles += [((t.run_id, machine.TimerDue(t.key, t.attempt, t.kind)), None) for t in due]
         for parsed, delivery in singles:
@@ -225,8 +163,9 @@ class Coordinator:
                 raise
             except Exception as exc:
                 error = repr(exc)
-            substitute = _substitute(parsed, error) if parsed else None
-            log.error("coordinator.poison_event", **_context(parsed), error=error, substituted=substitute is not None)
+            substitute = stream_events.substitute(parsed, error) if parsed else None
+            log.error("coordinator.poison_event", **stream_events.context(parsed), error=error,
+                      substituted=substitute is not None)
             try:
                 if substitute is not None:
                     await self.handle_events([substitute], acks, now)
@@ -234,7 +173,7 @@ class Coordinator:
             except errors.TemporaryError:
                 raise
             except Exception:
-                log.exception("coordinator.poison_event_dropped", **_context(parsed))
+                log.exception("coordinator.poison_event_dropped", **stream_events.context(parsed))
             if acks:  # drop it: acknowledged without effect, so it is not read again
                 await self.queue.commit((), (), acks)
 
@@ -380,8 +319,8 @@ class Coordinator:
                     if m is not None:
                         self._observe(m, run, fx, unstarted)
                 case machine.Enqueue(task=task):
-                    self.scheduler.offer(ready_item(run, partition, task, fx, cyc.now,
-                                                    self.cost_of(run, task.name, fx.pool)))
+                    self.scheduler.offer(envelopes.ready_item(run, partition, task, fx, cyc.now,
+                                                    self.quotas.cost_of(run, task.name, fx.pool)))
                 case machine.StopAttempt(key=key, attempt=n):
                     cyc.stops.append((run.run_id, key, n))
                 case machine.ArmTimer(key=key, attempt=n, kind=kind, at=at):
@@ -473,13 +412,13 @@ class Coordinator:
                                 error=str(exc))
                     continue
                 fx = machine.Enqueue(task, run.dispatch_pool(task.name), tspec.fn, args, tspec.timeout_seconds)
-                self.scheduler.offer(ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now(),
-                                                self.cost_of(run, task.name, fx.pool)))
+                self.scheduler.offer(envelopes.ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now(),
+                                                self.quotas.cost_of(run, task.name, fx.pool)))
             elif task.key in lr.dispatched_at:
                 pool = run.dispatch_pool(task.name)
                 self.scheduler.mark_inflight(
                     run.run_id, task.key, pool, lr.dispatched_at[task.key], run.tenant,
-                    project=run.project, cost=self.cost_of(run, task.name, pool),
+                    project=run.project, cost=self.quotas.cost_of(run, task.name, pool),
                 )
 
     def _forget(self, run_ids: set[str]) -> None:
@@ -491,45 +430,6 @@ class Coordinator:
     def held(self, run_id: str) -> Run | None:
         entry = self.runs.get(run_id)
         return entry[0] if entry else None
-
-
-def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, now: float,
-               cost: scheduling.Cost = scheduling.NO_COST) -> scheduling.Ready:
-    envelope: dict[str, Any] = {
-        "tenant": run.tenant,
-        "run": run.run_id,
-        "task": task.key,
-        "attempt": task.attempt,
-        "part": partition,
-        "pool": fx.pool,
-        "fn": fx.fn,
-        "args": fx.args,
-        "timeout": fx.timeout,
-        "map_index": task.map_index,
-        "queued_at": now,
-    }
-    secrets = run.dag.spec.secrets(run.params)
-    if secrets:
-        envelope["redact"] = secrets  # the agent scrubs them from the attempt's output and error
-    if fx.pool == model.HEAVY_POOL:
-        envelope["pod"] = pod_request(run.dag.tasks[task.name])
-    return scheduling.Ready(run.run_id, partition, run.tenant, task.key, task.attempt, fx.pool, envelope,
-                            run.dag.tasks[task.name].priority, run.project, cost)
-
-
-@functools.lru_cache(maxsize=4096)
-def _request_cost(resources: spec.Resources) -> scheduling.Cost:
-    return scheduling.request_cost(resources)
-
-
-def pod_request(t: spec.TaskSpec) -> dict[str, Any]:
-    """What a heavy attempt's Pod runs and needs, as the launcher reads it from the envelope."""
-    return {
-        "image": t.image, "command": t.command, "env": t.env, "pool": t.pool,
-        "resources": t.resources.model_dump(exclude_none=True),
-        "node_selector": t.node_selector,
-        "tolerations": [x.model_dump(exclude_none=True) for x in t.tolerations],
-    }
 
 
 def _merge_attempt(b: ports.WriteBatch, run: Run, fx: machine.AttemptChanged) -> None:
@@ -545,72 +445,6 @@ def _merge_attempt(b: ports.WriteBatch, run: Run, fx: machine.AttemptChanged) ->
             setattr(w, name, value)
     if fx.logs:
         w.logs = list(fx.logs)
-
-
-def _context(parsed: tuple[str, machine.Event] | None) -> dict[str, Any]:
-    """The run, task and attempt an event is about, for a log line."""
-    if parsed is None:
-        return {"run": None}
-    run_id, ev = parsed
-    return {"run": run_id, "task": getattr(ev, "key", None), "attempt": getattr(ev, "attempt", None)}
-
-
-def _generation(env: dict[str, Any]) -> int | None:
-    n = env.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) else None
-
-
-def _event(env: dict[str, Any]) -> tuple[str, machine.Event] | None:
-    kind, run_id = env.get("k"), env.get("run")
-    if not isinstance(run_id, str):
-        return None
-    try:
-        match kind:
-            case wire.RUN_CREATED:
-                return run_id, machine.Start()
-            case wire.RUN_CANCEL:
-                return run_id, machine.Cancel(_generation(env))
-            case wire.RUN_RETRY:
-                return run_id, machine.Retry(_generation(env))
-            case wire.ATTEMPT_STARTED:
-                at = env.get("at")
-                return run_id, machine.Started(
-                    env["task"], int(env["attempt"]), env.get("agent"), at if isinstance(at, float) else None
-                )
-            case wire.ATTEMPT_FINISHED:
-                return run_id, machine.Finished(
-                    key=env["task"],
-                    attempt=int(env["attempt"]),
-                    ok=bool(env["ok"]),
-                    output=env.get("output"),
-                    error=env.get("error"),
-                    reason=env.get("reason") or "error",
-                    retryable=bool(env.get("retryable", True)),
-                    started_at=_stamp(env.get("started_at")),
-                    finished_at=_stamp(env.get("finished_at")),
-                    agent=env.get("agent"),
-                    logs=tuple(env.get("logs") or ()),
-                )
-    except (KeyError, TypeError, ValueError):
-        return None
-    return None
-
-
-def _substitute(parsed: tuple[str, machine.Event], error: str) -> tuple[str, machine.Event] | None:
-    """What to apply instead of an event that cannot be stored: a result becomes a failure
-    naming the problem (not retried: the same code would return the same result)."""
-    run_id, ev = parsed
-    if isinstance(ev, machine.Finished):
-        return run_id, machine.Finished(
-            key=ev.key, attempt=ev.attempt, ok=False, reason=wire.FAIL_REJECTED, retryable=False,
-            error=f"the attempt's result could not be stored: {error[:2000]}",
-            started_at=ev.started_at, finished_at=ev.finished_at, agent=ev.agent,
-        )
-    return None
-
-
-def _stamp(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class SystemClock:

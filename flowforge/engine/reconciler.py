@@ -22,7 +22,7 @@ import structlog
 from flowforge import errors, wire
 from flowforge.domain import machine, model
 from flowforge.domain.states import TASK_ACTIVE
-from flowforge.engine import coordinator as coordinating
+from flowforge.engine import coordinator as coordinating, envelopes
 
 log = structlog.get_logger("flowforge.reconciler")
 
@@ -152,5 +152,5 @@ def _envelope(run: model.Run, partition: int, task: model.Task, now: float) -> b
     tspec = run.dag.tasks[task.name]
     args = model.resolve_args(run, task)
     fx = machine.Enqueue(task, run.dispatch_pool(task.name), tspec.fn, args, tspec.timeout_seconds)
-    ready = coordinating.ready_item(run, partition, task, fx, now)
+    ready = envelopes.ready_item(run, partition, task, fx, now)
     return wire.pack(wire.DISPATCH, **dict(ready.envelope, dispatched_at=now))
