@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from flowforge.backends.postgres import faults, migrate
+from flowforge.backends.postgres import faults, migrate, store as pg_store
 from flowforge.domain import ids
 from flowforge.logs import model
 
@@ -72,11 +72,7 @@ class PostgresLogStore:
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 2) -> PostgresLogStore:
-        engine = create_async_engine(
-            migrate.sync_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-            connect_args={"prepare_threshold": 1},
-        )
-        return cls(engine)
+        return cls(pg_store.open_engine(url, pool_size))
 
     async def start(self) -> None:
         """Migrate the schema to the latest revision if `log_lines` is missing (the stack

@@ -42,13 +42,8 @@ class QuotaLimits:
         """Replace a tenant's quotas (those not given: no limit) and fair-share weight;
         coordinators apply them within a second, submissions within a second too."""
         values = _values({"max_running_tasks": max_running_tasks, **quotas})
-        async with self.engine.begin() as conn:
-            found = await conn.execute(
-                sa.text(f"UPDATE tenants SET weight = :weight, {_SETS} WHERE id = :t"),
-                {"t": tenant, "weight": weight, **values},
-            )
-        if not found.rowcount:
-            raise errors.NotFound(f"tenant {tenant!r} not found")
+        await self._update(f"UPDATE tenants SET weight = :weight, {_SETS} WHERE id = :t",
+                           {"t": tenant, "weight": weight, **values}, f"tenant {tenant!r} not found")
         return {"tenant": tenant, "weight": weight, **values}
 
     async def project_limits(self, tenant: str, project: str) -> dict[str, Any]:
@@ -63,11 +58,14 @@ class QuotaLimits:
     async def set_project_limits(self, tenant: str, project: str, **quotas: int | None) -> dict[str, Any]:
         """Replace a project's quotas (those not given: only the tenant's apply)."""
         values = _values(quotas)
-        async with self.engine.begin() as conn:
-            found = await conn.execute(
-                sa.text(f"UPDATE projects SET {_SETS} WHERE tenant_id = :t AND id = :p"),
-                {"t": tenant, "p": project, **values},
-            )
-        if not found.rowcount:
-            raise errors.NotFound(f"project {project!r} not found in tenant {tenant!r}")
+        await self._update(f"UPDATE projects SET {_SETS} WHERE tenant_id = :t AND id = :p",
+                           {"t": tenant, "p": project, **values},
+                           f"project {project!r} not found in tenant {tenant!r}")
         return {"tenant": tenant, "project": project, **values}
+
+    async def _update(self, sql: str, params: dict[str, Any], missing: str) -> None:
+        """Run one UPDATE of a single row; NotFound(`missing`) when there is no such row."""
+        async with self.engine.begin() as conn:
+            found = await conn.execute(sa.text(sql), params)
+        if not found.rowcount:
+            raise errors.NotFound(missing)

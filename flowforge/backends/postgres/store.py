@@ -157,6 +157,14 @@ def _dumps(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, separators=(",", ":"), default=str)
 
 
+def open_engine(url: str, pool_size: int) -> AsyncEngine:
+    """An async engine on `url` whose statements are prepared on first use (the hot ones repeat)."""
+    return create_async_engine(
+        migrate.sync_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        connect_args={"prepare_threshold": 1},
+    )
+
+
 @faults.translated
 class PostgresStore:
     """Implements ports.RunStore, plus the submission and read queries the API needs."""
@@ -171,11 +179,7 @@ class PostgresStore:
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 10) -> PostgresStore:
-        engine = create_async_engine(
-            migrate.sync_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-            connect_args={"prepare_threshold": 1},
-        )
-        return cls(engine)
+        return cls(open_engine(url, pool_size))
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
