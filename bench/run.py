@@ -39,7 +39,9 @@ Scenarios (identical semantics everywhere):
   pool without prewarm (``first_ms_without_prewarm``); medians of 3 trials.
 * ``fairness`` (FlowForge only): tenant A submits 5,000 no-op tasks, then tenant
   B submits 50; ``b_slowdown`` = B's completion time under A's flood / B's time
-  alone (target <= 1.5), and ``b_slowdown_fifo`` the same with fair share off.
+  alone (target <= 1.5); ``b_slowdown_priority`` the same with B weighted 1000
+  times A (the floor a dispatch order can reach on this machine), and
+  ``b_slowdown_fifo`` with fair share off.
 * ``log_ingest`` (FlowForge only): 200,000 captured output lines (50 runs, ~90
   bytes each) written to a log store in batches of 2,000, one batch after
   another, as the log writer sends them; ``postgres_lines_per_s`` and

@@ -151,6 +151,7 @@ def teardown() -> None:
                 proc.wait()
     loop = _state.pop("loop", None)
     if loop is not None:
+        loop.run_until_complete(_state.pop("submitter").aclose())  # its outbox marks, still pending
         loop.run_until_complete(_state.pop("queue").close())
         loop.run_until_complete(_state.pop("store").close())
         loop.close()
@@ -371,8 +372,9 @@ def _submit(dag: dict, params: dict, tenant: str) -> str:
     return loop.run_until_complete(_state["submitter"].submit(dag, params, tenant=tenant))
 
 
-def _finished(run_id: str, timeout: float = 600) -> float:
-    """Wait for the run to succeed; return the time.perf_counter() it was seen done."""
+def _finished(run_id: str, timeout: float = 600, every_s: float = 0.005) -> float:
+    """Wait for the run to succeed, polling every `every_s`; return the time.perf_counter() it
+    was seen done."""
     poll, deadline = _state["poll"], time.perf_counter() + timeout
     while True:
         status = poll.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()[0]
@@ -380,7 +382,7 @@ def _finished(run_id: str, timeout: float = 600) -> float:
             return time.perf_counter()
         if status in ("failed", "cancelled") or time.perf_counter() > deadline:
             raise RuntimeError(f"run {run_id} is {status}")
-        time.sleep(0.005)
+        time.sleep(every_s)
 
 
 def _flooding(run_id: str, timeout: float = 120) -> None:
@@ -396,17 +398,21 @@ def _flooding(run_id: str, timeout: float = 120) -> None:
 def fairness(flood: int = 5000, small: int = 50, reps: int = 5) -> dict[str, float]:
     """Tenant A floods the pool with `flood` no-op tasks, then tenant B submits `small`:
     `b_slowdown` = B's completion time under the flood / B's time alone (medians of `reps`),
-    with fair share on, and with it off (`b_slowdown_fifo`, first come first served)."""
+    with fair share on (equal weights), with B weighted 1000 times A (`b_slowdown_priority`:
+    every slot B can use goes to B, so what slows B down is the machine A keeps busy, not the
+    order of dispatch), and with fair share off (`b_slowdown_fifo`, first come first served)."""
     loop = _state["loop"]
+    catalog = _state["catalog"]
     for tenant in ("tenant-a", "tenant-b"):
-        loop.run_until_complete(_state["catalog"].ensure_tenant(tenant))
+        loop.run_until_complete(catalog.ensure_tenant(tenant))
     dag = {"name": "fan", "params": {"items": []}, "tasks": [
         {"name": "work", "fn": "bench.systems.ff_tasks:noop", "args": ["{{ item }}"],
          "map": {"over": "{{ params.items }}", "max_items": 10_000}}]}
 
     def b_time() -> float:
         t0 = time.perf_counter()
-        return _finished(_submit(dag, {"items": list(range(small))}, "tenant-b")) - t0
+        # Polled every 0.5 ms: B takes some 20 ms alone, so a coarser poll would blur it.
+        return _finished(_submit(dag, {"items": list(range(small))}, "tenant-b"), every_s=0.0005) - t0
 
     def slowdown() -> float:
         b_time()  # warm-up
@@ -419,14 +425,22 @@ def fairness(flood: int = 5000, small: int = 50, reps: int = 5) -> dict[str, flo
             _finished(a)
         return statistics.median(flooded) / alone
 
+    def weigh_b(weight: float) -> None:
+        loop.run_until_complete(catalog.set_tenant_limits("tenant-b", None, weight))
+        time.sleep(2.5)  # coordinators follow limits and weights within a second
+
     fair = slowdown()
+    weigh_b(1000.0)
+    try:
+        priority = slowdown()
+    finally:
+        weigh_b(1.0)
     _restart_coordinator(FLOWFORGE_COORDINATOR__FAIR_SHARE="false")
     try:
         fifo = slowdown()
     finally:
         _restart_coordinator()
-    return {"b_slowdown": fair, "b_slowdown_fifo": fifo}
-
+    return {"b_slowdown": fair, "b_slowdown_priority": priority, "b_slowdown_fifo": fifo}
 
 
 def log_ingest(total: int = 200_000, batch: int = 2_000, reps: int = 3) -> dict[str, float]:
