@@ -40,8 +40,9 @@ Scenarios (identical semantics everywhere):
 * ``fairness`` (FlowForge only): tenant A submits 5,000 no-op tasks, then tenant
   B submits 50; ``b_slowdown`` = B's completion time under A's flood / B's time
   alone (target <= 1.5); ``b_slowdown_priority`` the same with B weighted 1000
-  times A (the floor a dispatch order can reach on this machine), and
-  ``b_slowdown_fifo`` with fair share off.
+  times A (the floor any order of dispatch can reach); ``b_slowdown_cpu`` with
+  no flood but two processes each keeping 80% of a core busy (what sharing the
+  machine alone costs B); ``b_slowdown_fifo`` with fair share off.
 * ``log_ingest`` (FlowForge only): 200,000 captured output lines (50 runs, ~90
   bytes each) written to a log store in batches of 2,000, one batch after
   another, as the log writer sends them; ``postgres_lines_per_s`` and

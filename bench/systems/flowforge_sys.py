@@ -8,6 +8,7 @@ Run on its own with ``python -m bench.systems.flowforge_sys``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -395,12 +397,18 @@ def _flooding(run_id: str, timeout: float = 120) -> None:
         time.sleep(0.005)
 
 
-def fairness(flood: int = 5000, small: int = 50, reps: int = 5) -> dict[str, float]:
+# A process that keeps 80% of a core busy: work 8 ms, sleep 2 ms.
+_BURN = "import time\nwhile True:\n    t = time.perf_counter()\n    while time.perf_counter() - t < 0.008:\n        pass\n    time.sleep(0.002)"
+
+
+def fairness(flood: int = 5000, small: int = 50, reps: int = 9) -> dict[str, float]:
     """Tenant A floods the pool with `flood` no-op tasks, then tenant B submits `small`:
     `b_slowdown` = B's completion time under the flood / B's time alone (medians of `reps`),
-    with fair share on (equal weights), with B weighted 1000 times A (`b_slowdown_priority`:
-    every slot B can use goes to B, so what slows B down is the machine A keeps busy, not the
-    order of dispatch), and with fair share off (`b_slowdown_fifo`, first come first served)."""
+    with fair share on (equal weights). The same with B weighted 1000 times A
+    (`b_slowdown_priority`: every slot B can use goes to B, the floor for any order of
+    dispatch); with no flood but two processes each keeping 80% of a core busy, about the CPU
+    the flood takes (`b_slowdown_cpu`: what sharing the machine alone costs B); and with fair
+    share off (`b_slowdown_fifo`, first come first served)."""
     loop = _state["loop"]
     catalog = _state["catalog"]
     for tenant in ("tenant-a", "tenant-b"):
@@ -414,22 +422,39 @@ def fairness(flood: int = 5000, small: int = 50, reps: int = 5) -> dict[str, flo
         # Polled every 0.5 ms: B takes some 20 ms alone, so a coarser poll would blur it.
         return _finished(_submit(dag, {"items": list(range(small))}, "tenant-b"), every_s=0.0005) - t0
 
-    def slowdown() -> float:
+    @contextlib.contextmanager
+    def a_floods() -> Iterator[None]:
+        a = _submit(dag, {"items": list(range(flood))}, "tenant-a")
+        _flooding(a)
+        yield
+        _finished(a)
+
+    @contextlib.contextmanager
+    def cpu_burns() -> Iterator[None]:
+        burners = [subprocess.Popen([sys.executable, "-c", _BURN]) for _ in range(2)]
+        try:
+            time.sleep(0.3)
+            yield
+        finally:
+            for p in burners:
+                p.kill()
+                p.wait()
+
+    def slowdown(load: Callable[[], contextlib.AbstractContextManager[None]] = a_floods) -> float:
         b_time()  # warm-up
         alone = statistics.median(b_time() for _ in range(reps))
-        flooded = []
+        loaded = []
         for _ in range(reps):
-            a = _submit(dag, {"items": list(range(flood))}, "tenant-a")
-            _flooding(a)
-            flooded.append(b_time())
-            _finished(a)
-        return statistics.median(flooded) / alone
+            with load():
+                loaded.append(b_time())
+        return statistics.median(loaded) / alone
 
     def weigh_b(weight: float) -> None:
         loop.run_until_complete(catalog.set_tenant_limits("tenant-b", None, weight))
         time.sleep(2.5)  # coordinators follow limits and weights within a second
 
     fair = slowdown()
+    cpu = slowdown(cpu_burns)
     weigh_b(1000.0)
     try:
         priority = slowdown()
@@ -440,7 +465,7 @@ def fairness(flood: int = 5000, small: int = 50, reps: int = 5) -> dict[str, flo
         fifo = slowdown()
     finally:
         _restart_coordinator()
-    return {"b_slowdown": fair, "b_slowdown_priority": priority, "b_slowdown_fifo": fifo}
+    return {"b_slowdown": fair, "b_slowdown_priority": priority, "b_slowdown_cpu": cpu, "b_slowdown_fifo": fifo}
 
 
 def log_ingest(total: int = 200_000, batch: int = 2_000, reps: int = 3) -> dict[str, float]:
