@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 
 def test_the_hot_update_joins_by_index_not_by_scanning_tasks(stack):
     from flowforge.backends.postgres.store import _TASK_COLS, _TASK_SET
@@ -24,3 +27,22 @@ def test_the_hot_update_joins_by_index_not_by_scanning_tasks(stack):
 
     text = stack.call(plan())
     assert "Index Scan using tasks_pkey" in text and "Seq Scan on tasks" not in text, text
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8) | st.integers(-5, 5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=8), json_values, max_size=6), max_size=5))
+def test_write_rows_encode_as_the_json_module_would(rows):
+    """The write's fast encoder (orjson) and its fallback (json, for integers past 64 bits)
+    give Postgres the same document json would: dict keys as text, floats exact."""
+    from flowforge.backends.postgres.store import _dumps
+
+    assert json.loads(_dumps(rows)) == json.loads(json.dumps(rows, default=str))

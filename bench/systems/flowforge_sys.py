@@ -129,7 +129,9 @@ def _ensure_api() -> str:
     """Start `flowforge api` as its own process (only the submit scenario needs it)."""
     if "api_url" not in _state:
         port = _free_port()
-        _state["api"] = _start("api", "API listening on", "--port", str(port))
+        # The benchmark measures submissions, not the per-token rate limit (100/s by default).
+        _state["api"] = _start("api", "API listening on", "--port", str(port),
+                               env={"FLOWFORGE_API__RATE_LIMIT": "1000000"})
         _state["api_url"] = f"http://127.0.0.1:{port}"
     return _state["api_url"]
 
