@@ -19,7 +19,6 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 import structlog
 
-from agents import capture, interrupt, loading, outbox
+from agents import capture, interrupt, loading, outbox, threads
 from agents.outbox import clean, reraise_cancel
 from flowforge import keys, sdk, wire
 
@@ -109,7 +108,9 @@ class Agent:
         self.outbox: outbox.Outbox | None = None
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
-        self._threads = ThreadPoolExecutor(max_workers=config.slots * 2, thread_name_prefix="ff-slot")
+        # Twice the slots: a thread stuck in code that ignores its stop keeps its slot taken (see
+        # _hold_slot) while the slot's next attempts run on another thread.
+        self._threads = threads.SlotThreads(config.slots * 2)
         self.completed = 0
         self.stuck = 0  # threads still running attempts that were already reported as stopped
         self._broken = asyncio.Event()
@@ -162,7 +163,7 @@ class Agent:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
             await self.client.aclose()
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.close()
 
     async def stop(self, drain_s: float = 10.0) -> None:
         """Stop taking work, give running attempts `drain_s` to finish, then stop."""
@@ -340,9 +341,8 @@ class Agent:
             self.latency["start"].append(time.time() - a.received_at)
             coro = fn(**args) if isinstance(args, dict) else fn(*args)
             return await asyncio.wait_for(coro, timeout) if timeout else await coro
-        loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        future = loop.run_in_executor(self._threads, context.run, a.slot.call, fn, args)
+        future = self._threads.submit(context.run, a.slot.call, fn, args)
         future.add_done_callback(lambda _: self.latency["start"].append(a.slot.started_at - a.received_at))
         if not timeout:
             return await future

@@ -4,6 +4,7 @@ canary value is looked for everywhere), yet the task receives it."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 
@@ -52,6 +53,11 @@ def test_service_logs_hold_no_secret_and_one_access_line_per_request(api):
 
     canary = f"canary-{uuid.uuid4().hex}"
     out = io.StringIO()
+
+    def access_lines(text: str) -> list[dict]:
+        lines = [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+        return [x for x in lines if x["event"] == "api.request" and x["route"] == "/api/v1/runs/{run_id}/logs"]
+
     before = structlog.get_config()
     servicelog.configure("debug", "json", file=out)
     try:
@@ -67,13 +73,18 @@ def test_service_logs_hold_no_secret_and_one_access_line_per_request(api):
         assert api.get(logs).status_code == 200
         forged = "ff_" + uuid.uuid4().hex * 2
         assert httpx.get(api.base_url + logs, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+        # The access line is written once the response is sent, so it may land just after the
+        # client has the response: wait for it before putting the log configuration back.
+        deadline = time.monotonic() + 10
+        while len(access_lines(out.getvalue())) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         structlog.configure(**before)
     text = out.getvalue()
     for secret in (canary, api.token, ticket, ticket.split(".")[1], forged):
         assert secret not in text
     lines = [json.loads(line) for line in text.splitlines()]
-    access = [x for x in lines if x["event"] == "api.request" and x["route"] == "/api/v1/runs/{run_id}/logs"]
+    access = access_lines(text)
     assert [(x["method"], x["status"]) for x in access] == [("GET", 200), ("GET", 200), ("GET", 401)]
     assert access[1]["tenant"] == "default" and access[2]["tenant"] is None
     assert all(x["level"] in ("info", "debug") and isinstance(x["duration_ms"], float) for x in access)
