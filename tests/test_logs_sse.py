@@ -143,3 +143,22 @@ def test_a_bad_last_event_id_is_a_clear_422(api):
     r = api.get(f"/api/v1/runs/{run_id}/logs", params={"follow": "true"}, headers={"Last-Event-ID": "abc"})
     assert r.status_code == 422
     assert "last-event-id" in r.text.lower()
+
+
+def test_a_ticket_stops_working_with_its_token(api, stack):
+    """Revoking (or expiry of) the token a ticket was issued to ends the ticket too: at once on
+    the API process that revoked it."""
+    run_id = _submit(api, {"name": "small", "tasks": [{"name": "t", "fn": "tests.tasks:chatty", "args": [3, 0]}]})
+    api.wait(run_id)
+    made = api.post("/api/v1/tenants/default/tokens", json={"name": "viewer-for-tickets", "role": "viewer"})
+    assert made.status_code == 201, made.text
+    viewer = httpx.Client(base_url=api.base_url, timeout=30,
+                          headers={"Authorization": f"Bearer {made.json()['token']}"})
+    ticket = viewer.post(f"/api/v1/runs/{run_id}/logs/ticket").json()["ticket"]
+    anonymous = httpx.Client(base_url=api.base_url, timeout=30)
+    assert anonymous.get(f"/api/v1/runs/{run_id}/logs", params={"ticket": ticket}).status_code == 200
+    assert api.delete(f"/api/v1/tenants/default/tokens/{made.json()['id']}").status_code == 204
+    refused = anonymous.get(f"/api/v1/runs/{run_id}/logs", params={"ticket": ticket})
+    assert refused.status_code == 401, refused.text
+    assert "revoked or expired" in refused.json()["detail"]
+    assert viewer.get(f"/api/v1/runs/{run_id}/logs").status_code == 401  # and the token itself

@@ -16,6 +16,8 @@ from flowforge.ports import DagVersion, Principal
 class Catalog(Protocol):
     async def verify_token(self, token: str) -> Principal | None: ...
 
+    async def token_active(self, token_id: str) -> bool: ...
+
     async def tenant_limits(self, tenant: str) -> dict[str, Any]: ...
 
     async def set_tenant_limits(self, tenant: str, max_running_tasks: int | None, weight: float,
@@ -115,6 +117,7 @@ class ApiContext:
     ticket_ttl_s: float = 60.0
     _tokens: dict[str, tuple[Principal, float]] = field(default_factory=dict)
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # token id -> (tokens, at)
+    _active: dict[str, tuple[bool, float]] = field(default_factory=dict)  # token id -> (active, until)
 
     def spend(self, token_id: str) -> float:
         """Take one request from the token's bucket; 0 if allowed, else seconds until one is."""
@@ -146,3 +149,23 @@ class ApiContext:
             self._tokens.clear()
         self._tokens[token] = (found, now + self.token_cache_s)
         return found
+
+    async def token_active(self, token_id: str) -> bool:
+        """Whether the token a ticket was issued to still works (remembered `token_cache_s`, like
+        a verified token: a ticket stops working within that time of its token's revocation)."""
+        now = time.monotonic()
+        hit = self._active.get(token_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        active = await self.catalog.token_active(token_id)
+        if len(self._active) > 10_000:
+            self._active.clear()
+        self._active[token_id] = (active, now + self.token_cache_s)
+        return active
+
+    def forget_token(self, token_id: str) -> None:
+        """A token was revoked through this process: stop trusting it here at once."""
+        self._active.pop(token_id, None)
+        for token, (who, _) in list(self._tokens.items()):
+            if who.token_id == token_id:
+                del self._tokens[token]

@@ -40,11 +40,17 @@ async def _reader(
     """The token's principal, or a valid ticket's for this run (a browser's EventSource cannot
     send headers); authentication comes before anything about the run is looked at."""
     if ticket is not None:
+        ctx = auth.context(request)
         try:
-            return tickets.verify(auth.context(request).ticket_key, ticket, str(uuid.UUID(run_id)))
+            who = tickets.verify(ctx.ticket_key, ticket, str(uuid.UUID(run_id)))
         except (tickets.BadTicket, ValueError) as exc:
             raise HTTPException(401, str(exc) if isinstance(exc, tickets.BadTicket) else "the ticket is for another run",
                                 headers={"WWW-Authenticate": "Bearer"}) from None
+        if not await ctx.token_active(who.token_id):
+            raise HTTPException(401, "the token this ticket was issued to is revoked or expired; "
+                                "get a new ticket with a valid token", headers={"WWW-Authenticate": "Bearer"})
+        request.state.tenant = who.tenant  # for the access log line
+        return who
     who = await auth.principal(request, credentials)
     if not auth.allowed(who, "read"):
         raise HTTPException(403, f"a {who.role} token cannot do this")

@@ -102,7 +102,9 @@ async def revoke_token(
     who: Principal = Depends(auth.permit("read")),
     ctx: ApiContext = Depends(auth.context),
 ) -> Response:
-    """It stops working within `api.token_cache`."""
+    """It stops working at once on this API process, within `api.token_cache` on the others;
+    so do the log tickets issued to it."""
     _manages(who, tenant)
     await ctx.catalog.revoke_token_id(tenant, token_id)
+    ctx.forget_token(token_id)
     return Response(status_code=204)

@@ -2,8 +2,9 @@
 Authorization header, follows one run's logs without putting the API token in a URL.
 
 A ticket names the principal, the one run it opens and its expiry, signed with HMAC-SHA256
-under a key every API replica shares. It is not stored and cannot be revoked: it lives for
-seconds (`api.ticket_ttl`), and a revoked token cannot get a new one."""
+under a key every API replica shares. It is not stored: it lives for seconds (`api.ticket_ttl`),
+and the API checks on each use that the token it was issued to still works (so revoking the
+token ends its tickets too, within `api.token_cache`)."""
 
 from __future__ import annotations
 

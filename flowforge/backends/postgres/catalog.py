@@ -174,6 +174,14 @@ class Catalog(Tenancy, QuotaLimits):
         return Principal(tenant=row[1], token_id=row[0], role=row[2],
                          projects=None if row[3] is None else frozenset(row[3]))
 
+    async def token_active(self, token_id: str) -> bool:
+        """Whether the token with this id is neither revoked nor expired."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.text("SELECT 1 FROM api_tokens WHERE id = CAST(:id AS uuid) AND revoked_at IS NULL "
+                        "AND (expires_at IS NULL OR expires_at > now())"), {"id": token_id})).first()
+        return row is not None
+
     async def revoke_token(self, token: str) -> bool:
         async with self.engine.begin() as conn:
             result = await conn.execute(
