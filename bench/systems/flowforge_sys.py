@@ -399,8 +399,17 @@ def _flooding(run_id: str, timeout: float = 120) -> None:
         time.sleep(0.005)
 
 
-# A process that keeps 80% of a core busy: work 8 ms, sleep 2 ms.
-_BURN = "import time\nwhile True:\n    t = time.perf_counter()\n    while time.perf_counter() - t < 0.008:\n        pass\n    time.sleep(0.002)"
+# A process that keeps 80% of a core busy (work 8 ms, sleep 2 ms) until it is killed, its
+# parent goes away, or 10 minutes pass: a benchmark killed mid-run leaves no burner behind.
+_BURN = """
+import os, time
+parent, end = os.getppid(), time.monotonic() + 600
+while os.getppid() == parent and time.monotonic() < end:
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.008:
+        pass
+    time.sleep(0.002)
+"""
 
 
 def fairness(flood: int = 5000, small: int = 50, reps: int = 9) -> dict[str, float]:
