@@ -162,3 +162,6 @@ def test_a_ticket_stops_working_with_its_token(api, stack):
     assert refused.status_code == 401, refused.text
     assert "revoked or expired" in refused.json()["detail"]
     assert viewer.get(f"/api/v1/runs/{run_id}/logs").status_code == 401  # and the token itself
+    catalog = stack.stack.catalog
+    assert stack.call(catalog.token_active(made.json()["id"])) is False
+    assert stack.call(catalog.token_active("not-a-token-id")) is False

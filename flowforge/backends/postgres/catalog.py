@@ -176,6 +176,10 @@ class Catalog(Tenancy, QuotaLimits):
 
     async def token_active(self, token_id: str) -> bool:
         """Whether the token with this id is neither revoked nor expired."""
+        try:
+            uuid.UUID(token_id)
+        except ValueError:
+            return False  # no token has such an id
         async with self.engine.connect() as conn:
             row = (await conn.execute(
                 sa.text("SELECT 1 FROM api_tokens WHERE id = CAST(:id AS uuid) AND revoked_at IS NULL "
