@@ -53,6 +53,8 @@ class SlotThreads:
 
     def close(self) -> None:
         """Stop the threads once their calls end; calls not started yet are cancelled."""
+        if self._closed:
+            return
         self._closed = True
         while True:
             try:

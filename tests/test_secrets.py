@@ -86,6 +86,7 @@ def test_service_logs_hold_no_secret_and_one_access_line_per_request(api):
     lines = [json.loads(line) for line in text.splitlines()]
     access = access_lines(text)
     assert [(x["method"], x["status"]) for x in access] == [("GET", 200), ("GET", 200), ("GET", 401)]
+    assert access[0]["tenant"] == "default"  # the ticket's tenant
     assert access[1]["tenant"] == "default" and access[2]["tenant"] is None
     assert all(x["level"] in ("info", "debug") and isinstance(x["duration_ms"], float) for x in access)
     failed = [x for x in lines if x["event"] == "coordinator.attempt_failed" and x.get("run") == run_id]

@@ -4,37 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from agents.threads import SlotThreads
 
 
-def test_results_and_errors_come_back_as_the_futures_outcome():
+def _run(max_threads: int, body: Callable[[SlotThreads], Awaitable[None]]) -> None:
     async def main() -> None:
-        threads = SlotThreads(4)
+        threads = SlotThreads(max_threads)
+        try:
+            await body(threads)
+        finally:
+            threads.close()
 
-        def boom() -> None:
-            raise ValueError("bad")
+    asyncio.run(main())
 
-        def stop() -> None:
-            raise StopIteration("done")
 
+def _blocked(threads: SlotThreads) -> tuple[asyncio.Future[Any], threading.Event]:
+    """A call that holds its thread until the event is set."""
+    release = threading.Event()
+    return threads.submit(release.wait, 30), release
+
+
+def test_results_and_errors_come_back_as_the_futures_outcome():
+    def boom() -> None:
+        raise ValueError("bad")
+
+    def stop() -> None:
+        raise StopIteration("done")
+
+    async def body(threads: SlotThreads) -> None:
         assert await threads.submit(lambda a, b: a + b, 2, 3) == 5
         with pytest.raises(ValueError, match="bad"):
             await threads.submit(boom)
         # A future cannot carry StopIteration: it arrives as a RuntimeError, not as a hang.
         with pytest.raises(RuntimeError, match="StopIteration"):
             await threads.submit(stop)
-        threads.close()
 
-    asyncio.run(main())
+    _run(4, body)
 
 
 def test_many_calls_finish_with_few_threads_and_fewer_wakeups():
-    async def main() -> None:
-        threads = SlotThreads(8)
-        loop = asyncio.get_running_loop()
+    async def body(threads: SlotThreads) -> None:
         wakeups = 0
         settle = threads._settle
 
@@ -55,32 +69,25 @@ def test_many_calls_finish_with_few_threads_and_fewer_wakeups():
         assert threads.size <= 8
         # Calls that finish while the loop is busy share one wakeup.
         assert wakeups < 5000, wakeups
-        assert loop.is_running()
-        threads.close()
 
-    asyncio.run(main())
+    _run(8, body)
 
 
 def test_a_thread_stuck_in_a_call_does_not_hold_up_the_next_calls():
-    async def main() -> None:
-        threads = SlotThreads(3)
-        release = threading.Event()
-        stuck = threads.submit(release.wait, 30)
+    async def body(threads: SlotThreads) -> None:
+        stuck, release = _blocked(threads)
         assert await asyncio.wait_for(threads.submit(lambda: "ran"), 5) == "ran"
         assert await asyncio.wait_for(threads.submit(lambda: "ran again"), 5) == "ran again"
         assert threads.size == 2
         release.set()
         assert await stuck is True
-        threads.close()
 
-    asyncio.run(main())
+    _run(3, body)
 
 
 def test_closing_cancels_calls_not_started_and_refuses_new_ones():
-    async def main() -> None:
-        threads = SlotThreads(1)
-        release = threading.Event()
-        running = threads.submit(release.wait, 30)
+    async def body(threads: SlotThreads) -> None:
+        running, release = _blocked(threads)
         queued = threads.submit(lambda: "never")
         await asyncio.sleep(0.05)
         threads.close()
@@ -90,4 +97,4 @@ def test_closing_cancels_calls_not_started_and_refuses_new_ones():
         release.set()
         assert await running is True
 
-    asyncio.run(main())
+    _run(1, body)

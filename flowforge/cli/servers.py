@@ -35,7 +35,6 @@ def _run_stack(cfg, started, shared: str | None = None, **stack_options) -> None
             # Modules, settings and clients made so far live as long as the process: keep them
             # out of the collector's full passes, which otherwise stall every cycle for tens of ms.
             gc.freeze()
-
             await started(stack, services)
             await stop.wait()
             typer.echo("stopping…")

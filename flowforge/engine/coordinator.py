@@ -319,8 +319,8 @@ class Coordinator:
                     if m is not None:
                         self._observe(m, run, fx, unstarted)
                 case machine.Enqueue(task=task):
-                    self.scheduler.offer(envelopes.ready_item(run, partition, task, fx, cyc.now,
-                                                    self.quotas.cost_of(run, task.name, fx.pool)))
+                    cost = self.quotas.cost_of(run, task.name, fx.pool)
+                    self.scheduler.offer(envelopes.ready_item(run, partition, task, fx, cyc.now, cost))
                 case machine.StopAttempt(key=key, attempt=n):
                     cyc.stops.append((run.run_id, key, n))
                 case machine.ArmTimer(key=key, attempt=n, kind=kind, at=at):
@@ -412,8 +412,9 @@ class Coordinator:
                                 error=str(exc))
                     continue
                 fx = machine.Enqueue(task, run.dispatch_pool(task.name), tspec.fn, args, tspec.timeout_seconds)
-                self.scheduler.offer(envelopes.ready_item(run, lr.partition, task, fx, task.queued_at or self.clock.now(),
-                                                self.quotas.cost_of(run, task.name, fx.pool)))
+                cost = self.quotas.cost_of(run, task.name, fx.pool)
+                queued_at = task.queued_at or self.clock.now()
+                self.scheduler.offer(envelopes.ready_item(run, lr.partition, task, fx, queued_at, cost))
             elif task.key in lr.dispatched_at:
                 pool = run.dispatch_pool(task.name)
                 self.scheduler.mark_inflight(
