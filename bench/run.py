@@ -39,7 +39,8 @@ Scenarios (identical semantics everywhere):
   pool without prewarm (``first_ms_without_prewarm``); medians of 3 trials.
 * ``fairness`` (FlowForge only): tenant A submits 5,000 no-op tasks, then tenant
   B submits 50; ``b_slowdown`` = B's completion time under A's flood / B's time
-  alone (target <= 1.5); ``b_slowdown_priority`` the same with B weighted 1000
+  alone (target <= 1.5); ``b_slowdown_submit`` the same with B submitted right
+  after A, while A's fan-out is still being made; ``b_slowdown_priority`` with B weighted 1000
   times A (the floor any order of dispatch can reach); ``b_slowdown_cpu`` with
   no flood but two processes each keeping 80% of a core busy (what sharing the
   machine alone costs B); ``b_slowdown_fifo`` with fair share off.

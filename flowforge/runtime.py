@@ -261,6 +261,7 @@ class Stack:
                     deadline_grace=c.deadline_grace.total_seconds(),
                     cancel_grace=c.cancel_grace.total_seconds(),
                     infra_retries=cfg.pods.infra_retries,
+                    expand_chunk=c.map_expand_chunk,
                 ),
             ),
         )

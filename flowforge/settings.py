@@ -62,6 +62,11 @@ class CoordinatorSettings(BaseModel):
         "its slots: agents stay busy while the coordinator writes, and streams stay shallow.",
     )
     max_cached_runs: int = Field(10_000, ge=10, description="Active runs kept in memory.")
+    map_expand_chunk: int = Field(
+        32, ge=1, le=100_000,
+        description="Instances of a mapped task created per cycle: a large fan-out is made over several "
+        "cycles, so other runs' events are not held up behind it.",
+    )
     fair_share: bool = Field(
         True, description="Give each pool's free slots to tenants by weighted fair share (off: first come, first served).",
     )

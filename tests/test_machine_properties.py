@@ -1,5 +1,6 @@
 """Property tests of the pure state machine: random DAGs, random outcomes, duplicated and
-stale events, cancellation and run retries always end in a terminal state that obeys the rules."""
+stale events, cancellation, run retries, fan-outs made a few instances per step and reloads from
+the stored rows always end in a terminal state that obeys the rules."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowforge.domain import machine, model, spec
-from flowforge.domain.model import TIMER_RETRY
+from flowforge.domain.model import TIMER_EXPAND, TIMER_RETRY
 from flowforge.domain.states import (
     RUN_TERMINAL,
     TASK_TERMINAL,
@@ -37,19 +38,33 @@ def dags(draw) -> spec.DagSpec:
             task["map"] = {"over": "{{ params.items }}", "max_items": 3}
             task["args"] = ["{{ item }}"]
         tasks.append(task)
-    return spec.DagSpec.model_validate({"name": "prop", "params": {"items": [1, 2]}, "tasks": tasks})
+    return spec.DagSpec.model_validate({"name": "prop", "params": {"items": ITEMS}, "tasks": tasks})
+
+
+ITEMS = [1, 2, 3]
+# A fan-out made at most this many instances per step (0: all at once).
+chunks = st.sampled_from([0, 1, 2])
 
 
 @dataclass
 class World:
     run: model.Run
+    config: machine.Config = machine.Config()
     now: float = 0.0
     events: int = 0
+
+    def reload(self) -> None:
+        """Hold the run as a coordinator would after loading it from its rows."""
+        r = self.run
+        self.run = model.Run.restore(
+            run_id=r.run_id, tenant=r.tenant, dag=r.dag, params=r.params, status=r.status,
+            cancel_requested=r.cancel_requested, tasks=list(r.tasks.values()), error=r.error, retries=r.retries,
+        )
 
     def step(self, event: machine.Event) -> list[machine.Effect]:
         before_run = self.run.status
         before = dict(self.run.tasks)
-        effects = machine.advance(self.run, event, self.now)
+        effects = machine.advance(self.run, event, self.now, self.config)
         self.events += 1
         for fx in effects:
             if isinstance(fx, machine.TaskChanged) and fx.before is not None:
@@ -58,8 +73,10 @@ class World:
                 if fx.before.status != fx.after.status:
                     assert task_transition_allowed(fx.before.status, fx.after.status), (fx.before, fx.after)
                 assert fx.after.attempt >= fx.before.attempt
-        if self.run.status != before_run:
-            assert run_transition_allowed(before_run, self.run.status), (before_run, self.run.status)
+        changes = [fx for fx in effects if isinstance(fx, machine.RunChanged)]
+        for fx in changes:  # a retry may pass through running to an end in one step
+            assert run_transition_allowed(fx.before, fx.after), (fx.before, fx.after)
+        assert [before_run, *(fx.after for fx in changes)][-1] == self.run.status
         # The O(1) counters agree with a full count.
         assert self.run.open_tasks == sum(1 for t in self.run.tasks.values() if t.status not in TASK_TERMINAL)
         return effects
@@ -70,10 +87,12 @@ def _active(run: model.Run) -> list[model.Task]:
 
 
 def drive(world: World, data, *, allow_cancel: bool) -> None:
-    run = world.run
     world.step(machine.Start())
     history: list[machine.Event] = []
     for _ in range(400):
+        if data.draw(st.integers(0, 9), label="reload") == 0:
+            world.reload()
+        run = world.run
         if run.status in RUN_TERMINAL:
             break
         choices = []
@@ -102,6 +121,7 @@ def drive(world: World, data, *, allow_cancel: bool) -> None:
         if replayed and isinstance(event, (machine.Finished, machine.Started)):
             assert effects == [] and run.tasks == snapshot, "a duplicate event changed the run"
         history.append(event)
+    run = world.run
     assert run.status in RUN_TERMINAL, f"run did not end: {run.status} {[(t.key, t.status) for t in run.tasks.values()]}"
 
 
@@ -121,10 +141,14 @@ def check_rules(run: model.Run) -> None:
         if t.status == S.SKIPPED:
             assert tspec.when or any(u.status == S.SKIPPED for u in ups)
         if tspec.map is None:
-            assert t.attempt <= tspec.retries.limit + 1 + t.infra_failures
+            assert t.attempt - t.retry_base <= tspec.retries.limit + 1 and t.retry_base >= t.infra_failures
         else:
             for inst in run.instances(name):
-                assert inst.attempt <= tspec.retries.limit + 1 + inst.infra_failures
+                assert inst.attempt - inst.retry_base <= tspec.retries.limit + 1 and inst.retry_base >= inst.infra_failures
+            if t.status == S.SUCCEEDED:  # every instance was made, ran and gave its output
+                assert t.instances == len(ITEMS) and t.output == [i.output for i in run.instances(name)]
+                assert len(run.instances(name)) == len(ITEMS)
+            assert t.timer is None
     statuses = {t.status for t in run.tasks.values()}
     if run.cancel_requested:
         assert run.status == RunStatus.CANCELLED
@@ -138,7 +162,8 @@ def check_rules(run: model.Run) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dag=dags(), data=st.data())
 def test_random_dags_and_outcomes_reach_a_lawful_terminal_state(dag, data):
-    world = World(model.Run.new("r1", "t", model.compile_dag(dag), {"items": [1, 2]}))
+    world = World(model.Run.new("r1", "t", model.compile_dag(dag), {"items": ITEMS}),
+                  machine.Config(expand_chunk=data.draw(chunks, label="expand chunk")))
     drive(world, data, allow_cancel=data.draw(st.booleans(), label="may cancel"))
     check_rules(world.run)
 
@@ -146,8 +171,9 @@ def test_random_dags_and_outcomes_reach_a_lawful_terminal_state(dag, data):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dag=dags(), data=st.data())
 def test_retrying_a_finished_run_reaches_a_lawful_terminal_state_again(dag, data):
-    world = World(model.Run.new("r1", "t", model.compile_dag(dag), {"items": [1, 2]}))
-    drive(world, data, allow_cancel=False)
+    world = World(model.Run.new("r1", "t", model.compile_dag(dag), {"items": ITEMS}),
+                  machine.Config(expand_chunk=data.draw(chunks, label="expand chunk")))
+    drive(world, data, allow_cancel=data.draw(st.booleans(), label="may cancel"))
     first = {k: t.attempt for k, t in world.run.tasks.items()}
     if world.run.status == RunStatus.SUCCEEDED:
         assert world.step(machine.Retry()) == []  # nothing to retry
@@ -158,6 +184,7 @@ def test_retrying_a_finished_run_reaches_a_lawful_terminal_state_again(dag, data
     drive_after = world.run.status not in RUN_TERMINAL
     if drive_after:
         drive(world, data, allow_cancel=False)
+    check_rules(world.run)
     for key, n in first.items():
         assert world.run.tasks[key].attempt >= n  # history kept: attempts only grow
     # The same retry relayed again, or a cancel asked before it, changes nothing any more.
@@ -201,3 +228,55 @@ def test_attempts_lost_to_the_platform_do_not_spend_the_retry_budget():
     machine.advance(run, machine.TimerDue("a", 3, TIMER_RETRY), 4.0, cfg)
     machine.advance(run, machine.Finished("a", 4, ok=False, reason="error", error="boom"), 5.0, cfg)
     assert run.tasks["a"].status == S.FAILED and run.tasks["a"].infra_failures == 2
+
+
+def _map_run(items: int) -> model.Run:
+    dag = spec.DagSpec.model_validate({"name": "d", "params": {"items": list(range(items))}, "tasks": [
+        {"name": "m", "fn": "m:f", "args": ["{{ item }}"], "map": {"over": "{{ params.items }}", "max_items": 100}}]})
+    return model.Run.new("r", "t", model.compile_dag(dag), {"items": list(range(items))})
+
+
+def _enqueued(effects: list[machine.Effect]) -> list[str]:
+    return [f.task.key for f in effects if isinstance(f, machine.Enqueue)]
+
+
+def test_a_large_fan_out_is_made_a_chunk_per_step_and_survives_a_reload():
+    cfg = machine.Config(expand_chunk=4)
+    run = _map_run(10)
+    fx = machine.advance(run, machine.Start(), 0.0, cfg)
+    assert _enqueued(fx) == [f"m[{i}]" for i in range(4)]
+    timer = next(f for f in fx if isinstance(f, machine.ArmTimer))
+    assert (timer.key, timer.kind, timer.at) == ("m", TIMER_EXPAND, 0.0)
+    for i in range(4):  # the first chunk ends before the rest exist: the parent must not end
+        machine.advance(run, machine.Finished(f"m[{i}]", 1, ok=True, output=i), 1.0, cfg)
+    assert run.tasks["m"].status == S.RUNNING and run.status == RunStatus.RUNNING
+    # A coordinator that loads the run from its rows goes on where the last one stopped.
+    run = model.Run.restore(run_id="r", tenant="t", dag=run.dag, params=run.params, status=run.status,
+                            cancel_requested=False, tasks=list(run.tasks.values()))
+    assert _enqueued(machine.advance(run, machine.TimerDue("m", 0, TIMER_EXPAND), 2.0, cfg)) == [
+        f"m[{i}]" for i in range(4, 8)]
+    fx = machine.advance(run, machine.TimerDue("m", 0, TIMER_EXPAND), 3.0, cfg)
+    assert _enqueued(fx) == ["m[8]", "m[9]"] and run.tasks["m"].timer is None
+    assert not any(isinstance(f, machine.ArmTimer) for f in fx)
+    for i in range(4, 10):
+        machine.advance(run, machine.Finished(f"m[{i}]", 1, ok=True, output=i), 4.0, cfg)
+    assert run.tasks["m"].status == S.SUCCEEDED and run.tasks["m"].output == list(range(10))
+    assert run.status == RunStatus.SUCCEEDED
+
+
+def test_a_cancel_stops_a_fan_out_half_made_and_a_run_retry_finishes_it():
+    cfg = machine.Config(expand_chunk=4)
+    run = _map_run(10)
+    machine.advance(run, machine.Start(), 0.0, cfg)
+    machine.advance(run, machine.Finished("m[0]", 1, ok=True, output=0), 1.0, cfg)
+    machine.advance(run, machine.Cancel(), 1.0, cfg)
+    # The queued instances are cancelled, the unmade ones never made, the old timer ignored.
+    assert machine.advance(run, machine.TimerDue("m", 0, TIMER_EXPAND), 2.0, cfg) == []
+    assert run.status == RunStatus.CANCELLED and run.tasks["m"].status == S.CANCELLED
+    assert len(run.instances("m")) == 4
+    fx = machine.advance(run, machine.Retry(0), 3.0, cfg)
+    assert _enqueued(fx) == ["m[1]", "m[2]", "m[3]", "m[4]", "m[5]", "m[6]", "m[7]"]
+    machine.advance(run, machine.TimerDue("m", 0, TIMER_EXPAND), 4.0, cfg)
+    for i in range(1, 10):
+        machine.advance(run, machine.Finished(f"m[{i}]", run.tasks[f"m[{i}]"].attempt, ok=True, output=i), 5.0, cfg)
+    assert run.status == RunStatus.SUCCEEDED and run.tasks["m"].output == list(range(10))

@@ -415,7 +415,8 @@ while os.getppid() == parent and time.monotonic() < end:
 def fairness(flood: int = 5000, small: int = 50, reps: int = 9) -> dict[str, float]:
     """Tenant A floods the pool with `flood` no-op tasks, then tenant B submits `small`:
     `b_slowdown` = B's completion time under the flood / B's time alone (medians of `reps`),
-    with fair share on (equal weights). The same with B weighted 1000 times A
+    with fair share on (equal weights). The same with B submitted right after A, while A's
+    instances are still being made (`b_slowdown_submit`); with B weighted 1000 times A
     (`b_slowdown_priority`: every slot B can use goes to B, the floor for any order of
     dispatch); with no flood but two processes each keeping 80% of a core busy, about the CPU
     the flood takes (`b_slowdown_cpu`: what sharing the machine alone costs B); and with fair
@@ -438,6 +439,12 @@ def fairness(flood: int = 5000, small: int = 50, reps: int = 9) -> dict[str, flo
         a = _submit(dag, {"items": list(range(flood))}, "tenant-a")
         _flooding(a)
         yield
+        _finished(a)
+
+    @contextlib.contextmanager
+    def a_submits() -> Iterator[None]:
+        a = _submit(dag, {"items": list(range(flood))}, "tenant-a")
+        yield  # B meets A's fan-out being made, not only its attempts
         _finished(a)
 
     @contextlib.contextmanager
@@ -465,6 +472,7 @@ def fairness(flood: int = 5000, small: int = 50, reps: int = 9) -> dict[str, flo
         time.sleep(2.5)  # coordinators follow limits and weights within a second
 
     fair = slowdown()
+    submit = slowdown(a_submits)
     cpu = slowdown(cpu_burns)
     weigh_b(1000.0)
     try:
@@ -476,7 +484,8 @@ def fairness(flood: int = 5000, small: int = 50, reps: int = 9) -> dict[str, flo
         fifo = slowdown()
     finally:
         _restart_coordinator()
-    return {"b_slowdown": fair, "b_slowdown_priority": priority, "b_slowdown_cpu": cpu, "b_slowdown_fifo": fifo}
+    return {"b_slowdown": fair, "b_slowdown_submit": submit, "b_slowdown_priority": priority,
+            "b_slowdown_cpu": cpu, "b_slowdown_fifo": fifo}
 
 
 def log_ingest(total: int = 200_000, batch: int = 2_000, reps: int = 3) -> dict[str, float]:

@@ -73,6 +73,9 @@ class TaskOut(BaseModel):
     key: str
     name: str
     map_index: int | None = None
+    instances: int | None = Field(None, description=(
+        "A mapped task: how many instances it has. They are made a chunk per coordinator cycle, so "
+        "fewer may be listed while a large fan-out is still being made."))
     status: TaskStatusName
     attempt: int
     executor: Literal["light", "heavy"]

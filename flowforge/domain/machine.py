@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowforge.domain import expressions, model, refs, retry
-from flowforge.domain.model import TIMER_CANCEL, TIMER_DEADLINE, TIMER_RETRY, Run, Task
+from flowforge.domain.model import TIMER_CANCEL, TIMER_DEADLINE, TIMER_EXPAND, TIMER_RETRY, Run, Task
 from flowforge.domain.states import TASK_ACTIVE, RunStatus, TaskStatus
 
 S = TaskStatus
@@ -25,6 +25,9 @@ class Config:
     deadline_grace: float = 30.0  # seconds past a timeout before a silent attempt is failed
     cancel_grace: float = 10.0  # seconds a running attempt has to stop after a cancel
     infra_retries: int = 3  # attempts lost to the platform retried per task, off its retry budget
+    # Instances of a mapped task created per step: the rest follow in later steps (a timer due at
+    # once), so fanning out a large list never holds a coordinator for long. 0: all at once.
+    expand_chunk: int = 32
 
 
 REASON_INFRASTRUCTURE = "infrastructure"  # the Pod was evicted or preempted, or its node was lost
@@ -287,6 +290,8 @@ def _timer(step: _Step, ev: TimerDue) -> None:
                 error=f"timed out: no result {timeout}s after the attempt started",
             ),
         )
+    elif ev.kind == TIMER_EXPAND and task.status == S.RUNNING:
+        _expand(step, task)
     elif ev.kind == TIMER_CANCEL and task.status == S.RUNNING:
         error = f"cancelled: the attempt did not stop within {step.config.cancel_grace:g}s"
         step.effects.append(
@@ -309,7 +314,10 @@ def _cancel(step: _Step) -> None:
             step.set(task, timer=TIMER_CANCEL, timer_at=at)
             step.effects.append(ArmTimer(task.key, task.attempt, TIMER_CANCEL, at))
         elif task.status == S.RUNNING:
-            continue  # a mapped parent ends when its instances have
+            # A mapped parent ends when its instances have; those not yet created never will be.
+            if task.timer == TIMER_EXPAND:
+                step.set(task, timer=None, timer_at=None)
+                step.to_settle.append(task.name)
         else:
             if task.status == S.QUEUED:
                 step.effects.append(StopAttempt(task.key, task.attempt))
@@ -337,7 +345,9 @@ def _retry(step: _Step) -> None:
             for inst in run.instances(name):
                 if inst.status in again:
                     _queue(step, step.set(inst, retry_base=inst.attempt))
-            step.set(task, status=S.RUNNING, error=None, finished_at=None)
+            parent = step.set(task, status=S.RUNNING, error=None, finished_at=None)
+            if run.map_made.get(name, 0) < (parent.instances or 0):  # a cancel stopped its fan-out
+                _expand(step, parent)
         else:
             step.set(task, status=S.PENDING, error=None, finished_at=None, retry_base=task.attempt)
             step.to_settle.append(name)
@@ -351,7 +361,8 @@ def _drain(step: _Step) -> None:
         task = run.tasks[name]
         if task.status == S.PENDING:
             _settle(step, task)
-        elif task.status == S.RUNNING and task.instances is not None and run.map_open.get(name, 0) == 0:
+        elif (task.status == S.RUNNING and task.instances is not None and run.map_open.get(name, 0) == 0
+              and not run.expanding(name)):
             _collect(step, task)
 
 
@@ -407,12 +418,27 @@ def _fan_out(step: _Step, task: Task) -> None:
     if not items:
         step.set(task, status=S.SUCCEEDED, output=[], instances=0, started_at=step.now, finished_at=step.now)
         return
-    step.set(task, status=S.RUNNING, instances=len(items), started_at=step.now)
-    for i in range(len(items)):
-        inst = Task(key=model.instance_key(task.name, i), name=task.name, map_index=i)
+    _expand(step, step.set(task, status=S.RUNNING, instances=len(items), started_at=step.now))
+
+
+def _expand(step: _Step, parent: Task) -> None:
+    """Create and queue the mapped task's next `config.expand_chunk` instances. If some remain,
+    the parent's timer (due at once) makes the rest in later steps: the coordinator handles
+    other events in between, so a large fan-out cannot hold it for long."""
+    run = step.run
+    made, total = run.map_made.get(parent.name, 0), parent.instances or 0
+    chunk = step.config.expand_chunk
+    end = total if chunk <= 0 else min(total, made + chunk)
+    for i in range(made, end):
+        inst = Task(key=model.instance_key(parent.name, i), name=parent.name, map_index=i)
         run.put(inst)
         step.effects.append(TaskChanged(None, inst))
         _queue(step, inst)
+    if end < total:
+        parent = step.set(run.tasks[parent.key], timer=TIMER_EXPAND, timer_at=step.now)
+        step.effects.append(ArmTimer(parent.key, parent.attempt, TIMER_EXPAND, step.now))
+    elif parent.timer == TIMER_EXPAND:
+        step.set(run.tasks[parent.key], timer=None, timer_at=None)
 
 
 def _collect(step: _Step, parent: Task) -> None:
@@ -421,9 +447,9 @@ def _collect(step: _Step, parent: Task) -> None:
     failed = [t for t in instances if t.status in (S.FAILED, S.UPSTREAM_FAILED)]
     if failed:
         first = failed[0]
-        error = f"{len(failed)} of {len(instances)} instances failed; first {first.key}: {first.error}"
+        error = f"{len(failed)} of {parent.instances} instances failed; first {first.key}: {first.error}"
         step.set(parent, status=S.FAILED, error=error, finished_at=step.now)
-    elif any(t.status == S.CANCELLED for t in instances):
+    elif len(instances) < (parent.instances or 0) or any(t.status == S.CANCELLED for t in instances):
         step.set(parent, status=S.CANCELLED, finished_at=step.now)
     else:
         step.set(parent, status=S.SUCCEEDED, output=[t.output for t in instances], finished_at=step.now)

@@ -17,6 +17,7 @@ from flowforge.domain.states import TASK_TERMINAL, RunStatus, TaskStatus
 TIMER_RETRY = "retry"
 TIMER_DEADLINE = "deadline"
 TIMER_CANCEL = "cancel"
+TIMER_EXPAND = "expand"  # a mapped parent with instances still to create: due at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,7 @@ class Task:
     error: str | None = None
     timer: str | None = None  # TIMER_* kind of the armed timer, if any
     timer_at: float | None = None
-    instances: int | None = None  # a mapped parent: how many instances it created
+    instances: int | None = None  # a mapped parent: how many instances it has (some may be still to create)
     queued_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -97,6 +98,7 @@ class Run:
     open_tasks: int = 0
     failed_tasks: int = 0
     map_open: dict[str, int] = field(default_factory=dict)  # mapped task -> unfinished instances
+    map_made: dict[str, int] = field(default_factory=dict)  # mapped task -> instances created so far
     map_cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -150,6 +152,8 @@ class Run:
         before = self.tasks.get(task.key)
         if before is not None:
             self._count(before, -1)
+        elif task.map_index is not None:  # instances are created in index order
+            self.map_made[task.name] = self.map_made.get(task.name, 0) + 1
         self.tasks[task.key] = task
         self._count(task, +1)
         return before
@@ -163,8 +167,13 @@ class Run:
             self.failed_tasks += sign
 
     def instances(self, name: str) -> list[Task]:
+        """The instances of mapped task `name` created so far, in index order."""
+        return [self.tasks[instance_key(name, i)] for i in range(self.map_made.get(name, 0))]
+
+    def expanding(self, name: str) -> bool:
+        """Whether mapped task `name` still has instances to create."""
         parent = self.tasks[name]
-        return [self.tasks[instance_key(name, i)] for i in range(parent.instances or 0)]
+        return parent.timer == TIMER_EXPAND and self.map_made.get(name, 0) < (parent.instances or 0)
 
     def outputs(self) -> dict[str, Any]:
         """Outputs of succeeded spec-level tasks, for resolving references."""

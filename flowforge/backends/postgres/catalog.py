@@ -391,8 +391,8 @@ ORDER BY r.created_at DESC, r.id DESC LIMIT :limit"""
             tasks = (
                 await conn.execute(
                     sa.text(
-                        "SELECT key, name, map_index, status, attempt, executor, route_reason, pool, output, error, "
-                        "queued_at, started_at, finished_at FROM tasks WHERE run_id = CAST(:id AS uuid) "
+                        "SELECT key, name, map_index, instances, status, attempt, executor, route_reason, pool, output, "
+                        "error, queued_at, started_at, finished_at FROM tasks WHERE run_id = CAST(:id AS uuid) "
                         "ORDER BY map_index NULLS FIRST, key"
                     ),
                     {"id": run_id},
