@@ -329,3 +329,24 @@ def test_a_newcomer_gets_prefetched_room_back_in_fair_order(slots, prefetch_tent
     assert s.backlog("p") + len(in_flight) == len(flood) + newcomer  # nothing lost or doubled
     # asked twice for the same entries: those an agent holds are no longer asked for
     assert not (set(i for ids in s.revocable().values() for i in ids) & read)
+
+
+def test_a_fan_outs_later_chunks_keep_their_runs_place_in_the_queue():
+    """A coordinator makes a large fan-out a chunk at a time; the chunks made after another
+    run arrived still queue ahead of it, first come, first served as within a tenant."""
+    for fair in (False, True):
+        s = Scheduler(lambda pool: 1, 0.0, fair=fair)
+
+        def offer(run: str, key: str) -> None:
+            s.offer(Ready(run, 0, "acme", key, 1, "p", {}))
+
+        offer("big", "m[0]")
+        offer("big", "m[1]")
+        offer("small", "t")
+        offer("big", "m[2]")  # the fan-out's next chunk, made after "small" arrived
+        order = [(i.run_id, i.key) for i in _one_at_a_time(s, 4)]
+        assert order == [("big", "m[0]"), ("big", "m[1]"), ("big", "m[2]"), ("small", "t")], (fair, order)
+        # A run with nothing left waiting or in flight arrives anew: no place kept for it.
+        offer("small", "u")
+        offer("big", "m[3]")
+        assert [(i.run_id, i.key) for i in _one_at_a_time(s, 2)] == [("small", "u"), ("big", "m[3]")]

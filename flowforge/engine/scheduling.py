@@ -102,7 +102,9 @@ def wait_reason(scope: tuple[str, str | None], limit: str, allowed: int, used: i
     return text
 
 
-_Entry = tuple[int, int, Ready]  # (-priority, arrival, item): a heap orders by the first two
+# (-priority, arrival, item): a heap orders by the first two. Arrival is (the run's, the
+# attempt's): a run's attempts keep their place however late its fan-out makes them.
+_Entry = tuple[int, tuple[int, int], Ready]
 
 
 class _Pool:
@@ -116,7 +118,7 @@ class _Pool:
         self.clock = 0.0  # virtual time of the last dispatch
         self.size = 0
 
-    def push(self, tenant: str, priority: int, seq: int, item: Ready, project: str = "") -> None:
+    def push(self, tenant: str, priority: int, seq: tuple[int, int], item: Ready, project: str = "") -> None:
         lanes = self.queues.get(tenant)
         if lanes is None:  # (re)activated: no credit for the time it was idle
             lanes = self.queues[tenant] = {}
@@ -236,6 +238,7 @@ class Scheduler:
         self._busy: dict[str, int] = {}  # pool -> attempts in flight
         self._holding: dict[tuple[str, str], int] = {}  # (pool, tenant) -> attempts in flight
         self._held: dict[str, int] = {}  # run -> its attempts waiting here or in flight
+        self._arrived: dict[str, int] = {}  # run -> when its first waiting attempt arrived (a seq)
         # Attempts this scheduler dispatched whose stream entry no agent may have read yet:
         # (run, key) -> (queue entry, entry id); `revocable` may want them back.
         self._placed: dict[tuple[str, str], tuple[_Entry, bytes | None]] = {}
@@ -244,10 +247,14 @@ class Scheduler:
         pool = self._pools.get(item.pool)
         if pool is None:
             pool = self._pools[item.pool] = _Pool()
+        # Attempts queue in the order their runs arrived, then their own: the instances a
+        # fan-out makes a chunk at a time queue ahead of a run that came after it.
+        seq = next(self._seq)
+        arrival = (self._arrived.setdefault(item.run_id, seq), seq)
         if self._fair:
-            pool.push(item.tenant, item.priority, next(self._seq), item, item.project)
+            pool.push(item.tenant, item.priority, arrival, item, item.project)
         else:
-            pool.push("", 0, next(self._seq), item)
+            pool.push("", 0, arrival, item)
         self._hold(item.run_id, +1)
 
     def _hold(self, run_id: str, n: int) -> None:
@@ -256,6 +263,7 @@ class Scheduler:
             self._held[run_id] = left
         else:
             self._held.pop(run_id, None)
+            self._arrived.pop(run_id, None)
 
     def backlog(self, pool: str) -> int:
         """Attempts ready for `pool` and waiting for a free slot."""
@@ -365,12 +373,13 @@ class Scheduler:
                 if entry is None:
                     break  # what waits belongs to tenants at their quota
                 item = entry[2]
-                self._hold(item.run_id, -1)
                 if not still_wanted(item):
+                    self._hold(item.run_id, -1)
                     continue  # a stale attempt: dropped, and not counted against its tenant
                 pool.charge(item.tenant if self._fair else "", self._weight(item.tenant))
                 self.mark_inflight(item.run_id, item.key, name, now, item.tenant,
                                    project=item.project, cost=item.cost)
+                self._hold(item.run_id, -1)  # (after: a run in flight keeps its arrival)
                 if self._fair:
                     self._placed[(item.run_id, item.key)] = (entry, None)
                 free -= 1
@@ -489,6 +498,7 @@ class Scheduler:
             pool.remove(lambda item: item.run_id in run_ids)
         for run_id in run_ids:
             self._held.pop(run_id, None)
+            self._arrived.pop(run_id, None)
 
     def inflight(self) -> dict[tuple[str, str], str]:
         """(run, task key) -> pool, of every attempt in flight."""
