@@ -204,3 +204,24 @@ def test_submit_wait_shows_where_each_task_ran_and_why(api):
     run_id = table.split()[1]
     shown = _cli("run", run_id, env=env)
     assert shown.returncode == 0 and "heavy" in shown.stdout and "light" in shown.stdout
+
+
+def test_a_mapped_tasks_row_counts_instances_made_of_all_it_will_have():
+    from rich.console import Console
+
+    from flowforge.cli import render
+
+    def task(key: str, status: str, **extra: object) -> dict:
+        return {"key": key, "name": "m", "executor": "light", "pool": "default", "status": status,
+                "attempts": [], **extra}
+
+    run = {"tasks": [task("m", "running", instances=5), task("m[0]", "succeeded", map_index=0),
+                     task("m[1]", "queued", map_index=1)]}
+    def shown() -> str:
+        console = Console(width=200, record=True)
+        console.print(render.tasks_table(run))
+        return console.export_text()
+
+    assert "2 of 5 instances, 1 done" in shown()  # a large fan-out, still being made
+    run["tasks"][0]["instances"] = 2
+    assert "| 2 instances, 1 done" in shown().replace("│", "|")

@@ -59,9 +59,11 @@ def tasks_table(run: dict[str, Any], *, title: str | None = None, max_rows: int 
         if t.get("map_index") is not None:
             continue
         instances = [i for i in tasks if i["name"] == t["name"] and i.get("map_index") is not None]
-        if instances:
+        total = t.get("instances")
+        if instances or total:
             done = sum(1 for i in instances if i["status"] in ("succeeded", "skipped"))
-            attempts = f"{len(instances)} instances, {done} done"
+            made = f"{len(instances)} of {total}" if total and total > len(instances) else str(len(instances))
+            attempts = f"{made} instances, {done} done"  # a large fan-out is made a chunk at a time
         else:
             attempts = str(len(t.get("attempts") or ()))
         why = t.get("waiting_for") or next((i["waiting_for"] for i in instances if i.get("waiting_for")), "")
