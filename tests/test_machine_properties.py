@@ -280,3 +280,16 @@ def test_a_cancel_stops_a_fan_out_half_made_and_a_run_retry_finishes_it():
     for i in range(1, 10):
         machine.advance(run, machine.Finished(f"m[{i}]", run.tasks[f"m[{i}]"].attempt, ok=True, output=i), 5.0, cfg)
     assert run.status == RunStatus.SUCCEEDED and run.tasks["m"].output == list(range(10))
+
+
+def test_a_cancel_recorded_before_a_reload_stops_the_fan_out_at_its_next_chunk():
+    cfg = machine.Config(expand_chunk=4)
+    run = _map_run(10)
+    machine.advance(run, machine.Start(), 0.0, cfg)
+    # The API recorded a cancel; this coordinator loads the run before the cancel event arrives.
+    run = model.Run.restore(run_id="r", tenant="t", dag=run.dag, params=run.params, status=run.status,
+                            cancel_requested=True, tasks=list(run.tasks.values()))
+    assert _enqueued(machine.advance(run, machine.TimerDue("m", 0, TIMER_EXPAND), 1.0, cfg)) == []
+    assert len(run.instances("m")) == 4 and run.tasks["m"].timer is None
+    machine.advance(run, machine.Cancel(), 1.0, cfg)
+    assert run.status == RunStatus.CANCELLED and run.tasks["m"].status == S.CANCELLED

@@ -350,3 +350,30 @@ def test_a_fan_outs_later_chunks_keep_their_runs_place_in_the_queue():
         offer("small", "u")
         offer("big", "m[3]")
         assert [(i.run_id, i.key) for i in _one_at_a_time(s, 2)] == [("small", "u"), ("big", "m[3]")]
+
+
+def test_a_run_keeps_its_place_while_its_attempts_are_in_flight_or_taken_back():
+    """The next chunk of a fan-out whose earlier attempts are in flight, or were dispatched and
+    then taken back from the stream, still queues ahead of a run that arrived after them."""
+    s = Scheduler(lambda pool: 1, 0.0, fair=False)
+
+    def offer(run: str, key: str) -> None:
+        s.offer(Ready(run, 0, "acme", key, 1, "p", {}))
+
+    offer("big", "m[0]")
+    (first,) = list(s.take(lambda _: True))  # in flight: the only slot is taken
+    s.placed(first, b"1-1")
+    offer("small", "t")
+    offer("big", "m[1]")  # the next chunk, while m[0] runs
+    s.done("big", "m[0]")
+    assert [(i.run_id, i.key) for i in _one_at_a_time(s, 2)] == [("big", "m[1]"), ("small", "t")]
+
+    fair = Scheduler(lambda pool: 1, 0.0)
+    fair.offer(Ready("big", 0, "acme", "m[0]", 1, "p", {}))
+    (first,) = list(fair.take(lambda _: True))
+    fair.placed(first, b"1-1")
+    fair.offer(Ready("small", 0, "acme", "t", 1, "p", {}))
+    assert fair.revoked(0, "p", [b"1-1"], [b"1-1"]) == 1  # taken back unread: queues again
+    fair.offer(Ready("big", 0, "acme", "m[1]", 1, "p", {}))
+    assert [(i.run_id, i.key) for i in _one_at_a_time(fair, 3)] == [
+        ("big", "m[0]"), ("big", "m[1]"), ("small", "t")]

@@ -291,7 +291,11 @@ def _timer(step: _Step, ev: TimerDue) -> None:
             ),
         )
     elif ev.kind == TIMER_EXPAND and task.status == S.RUNNING:
-        _expand(step, task)
+        if step.run.cancel_requested:  # recorded before its event reached us: make no more
+            step.set(task, timer=None, timer_at=None)
+            step.to_settle.append(task.name)
+        else:
+            _expand(step, task)
     elif ev.kind == TIMER_CANCEL and task.status == S.RUNNING:
         error = f"cancelled: the attempt did not stop within {step.config.cancel_grace:g}s"
         step.effects.append(

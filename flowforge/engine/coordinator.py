@@ -233,7 +233,8 @@ class Coordinator:
 
     def _evict(self, recent: set[str]) -> None:
         """Keep the cache bounded, dropping the runs least recently touched. A dropped run is
-        reloaded from Postgres on its next event. Runs with work waiting or in flight stay."""
+        reloaded from Postgres on its next event. Runs with work waiting or in flight, or with a
+        timer armed (a retry's backoff, a fan-out's next chunk), stay."""
         for run_id in recent:
             if run_id in self.runs:
                 self.runs.move_to_end(run_id)
@@ -243,7 +244,7 @@ class Coordinator:
             for run_id in self.runs:
                 if len(oldest) == excess:
                     break
-                if not self.scheduler.has_work(run_id):
+                if not self.scheduler.has_work(run_id) and not self.timers.armed_for(run_id):
                     oldest.append(run_id)
             self._forget(set(oldest))
 

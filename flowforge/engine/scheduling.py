@@ -450,10 +450,10 @@ class Scheduler:
                 del self._placed[ident]  # an agent has it
                 continue
             item = entry[2]
+            self._hold(item.run_id, +1)  # (first: the run keeps its arrival for what it makes next)
             self.done(item.run_id, item.key)
             again = item if item.again else dataclasses.replace(item, again=True)
             self._pools[item.pool].push(item.tenant, item.priority, entry[1], again, item.project)
-            self._hold(item.run_id, +1)
             back += 1
         return back
 

@@ -45,6 +45,10 @@ class Timers:
                 out.append(t)
         return out
 
+    def armed_for(self, run_id: str) -> bool:
+        """Whether the run has a timer armed."""
+        return run_id in self._by_run
+
     def disarm_runs(self, run_ids: set[str]) -> None:
         """Forget the timers of runs no longer held (loading a run arms them again)."""
         for run_id in run_ids:
