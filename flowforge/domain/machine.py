@@ -291,11 +291,7 @@ def _timer(step: _Step, ev: TimerDue) -> None:
             ),
         )
     elif ev.kind == TIMER_EXPAND and task.status == S.RUNNING:
-        if step.run.cancel_requested:  # recorded before its event reached us: make no more
-            step.set(task, timer=None, timer_at=None)
-            step.to_settle.append(task.name)
-        else:
-            _expand(step, task)
+        _expand(step, task)
     elif ev.kind == TIMER_CANCEL and task.status == S.RUNNING:
         error = f"cancelled: the attempt did not stop within {step.config.cancel_grace:g}s"
         step.effects.append(
@@ -318,10 +314,7 @@ def _cancel(step: _Step) -> None:
             step.set(task, timer=TIMER_CANCEL, timer_at=at)
             step.effects.append(ArmTimer(task.key, task.attempt, TIMER_CANCEL, at))
         elif task.status == S.RUNNING:
-            # A mapped parent ends when its instances have; those not yet created never will be.
-            if task.timer == TIMER_EXPAND:
-                step.set(task, timer=None, timer_at=None)
-                step.to_settle.append(task.name)
+            _expand(step, task)  # a mapped parent: makes no more, and ends when those made have
         else:
             if task.status == S.QUEUED:
                 step.effects.append(StopAttempt(task.key, task.attempt))
@@ -349,9 +342,8 @@ def _retry(step: _Step) -> None:
             for inst in run.instances(name):
                 if inst.status in again:
                     _queue(step, step.set(inst, retry_base=inst.attempt))
-            parent = step.set(task, status=S.RUNNING, error=None, finished_at=None)
-            if run.map_made.get(name, 0) < (parent.instances or 0):  # a cancel stopped its fan-out
-                _expand(step, parent)
+            # The parent runs again, and makes what a cancel stopped it from making, if anything.
+            _expand(step, step.set(task, status=S.RUNNING, error=None, finished_at=None))
         else:
             step.set(task, status=S.PENDING, error=None, finished_at=None, retry_base=task.attempt)
             step.to_settle.append(name)
@@ -428,8 +420,15 @@ def _fan_out(step: _Step, task: Task) -> None:
 def _expand(step: _Step, parent: Task) -> None:
     """Create and queue the mapped task's next `config.expand_chunk` instances. If some remain,
     the parent's timer (due at once) makes the rest in later steps: the coordinator handles
-    other events in between, so a large fan-out cannot hold it for long."""
+    other events in between, so a large fan-out cannot hold it for long. Once a cancel is
+    requested (even one whose event has not arrived yet), it makes no more: the parent ends
+    when the instances made have."""
     run = step.run
+    if run.cancel_requested:
+        if parent.timer == TIMER_EXPAND:
+            step.set(parent, timer=None, timer_at=None)
+            step.to_settle.append(parent.name)
+        return
     made, total = run.map_made.get(parent.name, 0), parent.instances or 0
     chunk = step.config.expand_chunk
     end = total if chunk <= 0 else min(total, made + chunk)
@@ -439,10 +438,10 @@ def _expand(step: _Step, parent: Task) -> None:
         step.effects.append(TaskChanged(None, inst))
         _queue(step, inst)
     if end < total:
-        parent = step.set(run.tasks[parent.key], timer=TIMER_EXPAND, timer_at=step.now)
+        step.set(parent, timer=TIMER_EXPAND, timer_at=step.now)
         step.effects.append(ArmTimer(parent.key, parent.attempt, TIMER_EXPAND, step.now))
     elif parent.timer == TIMER_EXPAND:
-        step.set(run.tasks[parent.key], timer=None, timer_at=None)
+        step.set(parent, timer=None, timer_at=None)
 
 
 def _collect(step: _Step, parent: Task) -> None:
