@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -65,6 +66,11 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
             if "coordinator running" in line or proc.poll() is not None:
                 break
         assert any("coordinator running" in ln for ln in lines), "".join(lines)
+        # Read the rest of what it prints as it comes, so a full pipe cannot hold it up, and a
+        # stop that hangs shows where.
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.extend(proc.stdout), daemon=True)
+        reader.start()
 
         async def submit_and_wait() -> list[dict]:
             store = pg_store.PostgresStore.connect(fresh_db)
@@ -98,8 +104,15 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
         agent_pid = where["tasks"][0]["output"]["pid"]  # a warm agent of the coordinator's pool
         assert _alive(agent_pid)
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
-        output = "".join(lines) + proc.stdout.read()
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            reader.join(5)
+            pytest.fail("the coordinator did not stop within 60 s of SIGTERM:\n" + "".join(lines + rest)[-20_000:])
+        reader.join(10)
+        output = "".join(lines + rest)
         assert code == 0, output
         # Ray's own SIGTERM handler (which aborts the process 3 s later) was kept out
         assert "SIGTERM received" not in output, output
