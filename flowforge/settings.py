@@ -65,7 +65,8 @@ class CoordinatorSettings(BaseModel):
     map_expand_chunk: int = Field(
         32, ge=1, le=100_000,
         description="Instances of a mapped task created per cycle: a large fan-out is made over several "
-        "cycles, so other runs' events are not held up behind it.",
+        "cycles, so other runs' events are not held up behind it, and the next chunk only once fewer than "
+        "this many of its instances wait for a slot.",
     )
     fair_share: bool = Field(
         True, description="Give each pool's free slots to tenants by weighted fair share (off: first come, first served).",

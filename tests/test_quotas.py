@@ -67,6 +67,33 @@ def test_a_cpu_quota_holds_tasks_back_with_the_reason_and_a_raise_releases_them(
     _limits(api, tenant)  # no limits
 
 
+def test_a_fan_out_held_back_by_a_quota_makes_its_instances_as_they_are_dispatched(api, stack):
+    """A map whose tenant may run 2 tasks at once is made a chunk at a time as its pool takes
+    the instances, not all up front: the instances made and not yet ended stay within two
+    chunks (32 each) and the 2 running, however long the map is; every instance still runs."""
+    tenant, items, chunk = "quota-fan", 400, 32
+    member = _tenant(api, stack, tenant)
+    _limits(api, tenant, max_running_tasks=2)
+    time.sleep(LIMITS_APPLY_S)
+    fan = {"name": "held-fan", "params": {"items": []}, "tasks": [
+        {"name": "nap", "fn": "tests.tasks:nap", "args": ["{{ item }}"], "map": {"over": "{{ params.items }}"}}]}
+    run_id = member.post("/api/v1/runs", json={"dag": fan, "params": {"items": [0.002] * items}}).json()["id"]
+    ahead, deadline = [], time.monotonic() + 180
+    while True:
+        run = member.get(f"/api/v1/runs/{run_id}").json()
+        made = [t for t in run["tasks"] if t["key"] != "nap"]
+        ahead.append(sum(t["status"] in ("queued", "running") for t in made))
+        if run["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        assert time.monotonic() < deadline, run["status"]
+        time.sleep(0.05)
+    _limits(api, tenant)  # no limits
+    assert run["status"] == "succeeded", run["error"]
+    assert len(made) == items and all(t["status"] == "succeeded" for t in made)
+    # Made all at once, some 400 would wait at the first look.
+    assert max(ahead) <= 2 * chunk + 2, ahead
+
+
 def test_the_cli_shows_why_a_task_waits(api, stack):
     tenant = "quota-cli"
     member = _tenant(api, stack, tenant)

@@ -377,3 +377,54 @@ def test_a_run_keeps_its_place_while_its_attempts_are_in_flight_or_taken_back():
     fair.offer(Ready("big", 0, "acme", "m[1]", 1, "p", {}))
     assert [(i.run_id, i.key) for i in _one_at_a_time(fair, 3)] == [
         ("big", "m[0]"), ("big", "m[1]"), ("small", "t")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["offer", "take", "stale", "revoke", "done", "forget"]),
+                          st.sampled_from(["r1", "r2", "r3"]), st.sampled_from(["p", "q"])), max_size=60),
+       st.booleans())
+def test_waiting_counts_a_runs_attempts_queued_for_a_pool_and_nothing_in_flight(ops, fair):
+    """`waiting(run, pool)` (what holds a fan-out's next chunk back) is the run's attempts
+    queued for the pool: offered or taken back, and not yet dispatched, dropped or forgotten."""
+    s = Scheduler(lambda pool: 2, 0.0, fair=fair)
+    queued: Counter[tuple[str, str]] = Counter()
+    flight: dict[tuple[str, str], tuple[str, bytes]] = {}  # (run, key) -> (pool, entry id)
+    n = 0
+    for op, run, pool in ops:
+        n += 1
+        if op == "offer":
+            s.offer(Ready(run, 0, f"t-{run}", f"k{n}", 1, pool, {}))
+            queued[(run, pool)] += 1
+        elif op == "take":
+            for item in s.take(lambda item: True):
+                queued[(item.run_id, item.pool)] -= 1
+                s.placed(item, f"{n}-{item.key}".encode())
+                flight[(item.run_id, item.key)] = (item.pool, f"{n}-{item.key}".encode())
+        elif op == "stale":  # no queued attempt is wanted: those of pools with a free slot drop
+            assert list(s.take(lambda item: False)) == []
+            full = {q for q in ("p", "q") if sum(v[0] == q for v in flight.values()) >= 2}
+            for k in [k for k in queued if k[1] not in full]:
+                queued[k] = 0
+        elif op == "revoke":
+            mine = [(k, v) for k, v in flight.items() if k[0] == run and v[0] == pool]
+            if mine:
+                ids = [v[1] for _, v in mine]
+                back = s.revoked(0, pool, ids, ids)
+                if fair:  # only a fair scheduler keeps entries to take back
+                    assert back == len(mine)
+                    queued[(run, pool)] += len(mine)
+                    for k, _ in mine:
+                        del flight[k]
+        elif op == "done":
+            for k in [k for k in flight if k[0] == run]:
+                s.done(*k)
+                del flight[k]
+        else:
+            s.forget_runs({run})
+            for k in [k for k in queued if k[0] == run]:
+                queued[k] = 0
+            for k in [k for k in flight if k[0] == run]:
+                del flight[k]
+        for r in ("r1", "r2", "r3"):
+            for p in ("p", "q"):
+                assert s.waiting(r, p) == queued[(r, p)], (op, r, p)

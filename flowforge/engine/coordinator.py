@@ -66,6 +66,9 @@ class Coordinator:
         self.scheduler = scheduling.Scheduler(capacity, options.prefetch, fair=options.fair_share)
         self.quotas = quota_feed.QuotaFeed(self.scheduler, store, queue, options.partitions, shapes)
         self.timers = timers.Timers()
+        # A fan-out's next chunk waits while the run already has a chunk's worth of attempts
+        # queued for the pool: (run, key, attempt) -> (its expand timer, the pool).
+        self._parked: dict[tuple[str, str, int], tuple[timers.Timer, str]] = {}
         self.stopping = asyncio.Event()
         # The reconciler runs beside the event loop; both change the held runs only under this.
         self.lock = asyncio.Lock()
@@ -115,7 +118,7 @@ class Coordinator:
         self.timing["read"] += time.perf_counter() - t0
         self.timing["events"] += len(deliveries)
         now = self.clock.now()
-        due = self.timers.due(now, self.options.batch_size)
+        due = self._park(self.timers.due(now, self.options.batch_size))
         if not deliveries and not due:
             await self._dispatch_only(now)
             return 0
@@ -226,6 +229,7 @@ class Coordinator:
         for t in cyc.timers:
             self.timers.arm(t)
         self._placed(cyc, await self.queue.commit(dispatches, cyc.stops, deliveries))
+        self._unpark(now)
         self.timing["publish"] += time.perf_counter() - t2
         ended = {r for r, _ in events if (e := self.runs.get(r)) is not None and e[0].status in RUN_TERMINAL}
         self._forget(ended)
@@ -262,6 +266,39 @@ class Coordinator:
                 self._forget(cyc.touched)
             else:
                 self._placed(cyc, await self.queue.dispatch(dispatches))
+                self._unpark(now)
+
+    def _park(self, due: list[timers.Timer]) -> list[timers.Timer]:
+        """Hold back the fan-out chunks not needed yet: a run with a chunk's worth of attempts
+        already waiting for the pool makes no more until they are dispatched (`_unpark`). So a
+        map's instances are made as its pool takes them: a flood that waits behind another
+        tenant's fair share stops making instances, and its memory stays bounded."""
+        chunk = self.options.machine.expand_chunk
+        if chunk <= 0:
+            return due
+        out = []
+        for t in due:
+            entry = self.runs.get(t.run_id) if t.kind == model.TIMER_EXPAND else None
+            if entry is not None:
+                task = entry[0].tasks.get(t.key)
+                pool = entry[0].dispatch_pool(task.name) if task is not None else None
+                if pool is not None and self.scheduler.waiting(t.run_id, pool) >= chunk:
+                    self._parked[(t.run_id, t.key, t.attempt)] = (t, pool)
+                    continue
+            out.append(t)
+        return out
+
+    def _unpark(self, now: float) -> None:
+        """Arm again, due now, the parked chunks whose run has fewer than a chunk waiting."""
+        if not self._parked:
+            return
+        chunk = self.options.machine.expand_chunk
+        for ident, (t, pool) in list(self._parked.items()):
+            if t.run_id not in self.runs:
+                del self._parked[ident]
+            elif self.scheduler.waiting(t.run_id, pool) < chunk:
+                del self._parked[ident]
+                self.timers.arm(timers.Timer(now, t.run_id, t.key, t.attempt, t.kind))
 
     def _placed(self, cyc: _Cycle, entry_ids: Sequence[bytes]) -> None:
         for item, entry_id in zip(cyc.dispatched, entry_ids):
@@ -428,6 +465,9 @@ class Coordinator:
             self.runs.pop(run_id, None)
         self.scheduler.forget_runs(set(run_ids))
         self.timers.disarm_runs(run_ids)
+        if self._parked:
+            for ident in [i for i in self._parked if i[0] in run_ids]:
+                del self._parked[ident]
 
     def held(self, run_id: str) -> Run | None:
         entry = self.runs.get(run_id)

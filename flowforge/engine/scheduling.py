@@ -239,6 +239,7 @@ class Scheduler:
         self._holding: dict[tuple[str, str], int] = {}  # (pool, tenant) -> attempts in flight
         self._held: dict[str, int] = {}  # run -> its attempts waiting here or in flight
         self._arrived: dict[str, int] = {}  # run -> when its first waiting attempt arrived (a seq)
+        self._waiting: dict[tuple[str, str], int] = {}  # (run, pool) -> its attempts waiting here
         # Attempts this scheduler dispatched whose stream entry no agent may have read yet:
         # (run, key) -> (queue entry, entry id); `revocable` may want them back.
         self._placed: dict[tuple[str, str], tuple[_Entry, bytes | None]] = {}
@@ -256,6 +257,18 @@ class Scheduler:
         else:
             pool.push("", 0, arrival, item)
         self._hold(item.run_id, +1)
+        self._wait(item.run_id, item.pool, +1)
+
+    def _wait(self, run_id: str, pool: str, n: int) -> None:
+        left = self._waiting.get((run_id, pool), 0) + n
+        if left > 0:
+            self._waiting[(run_id, pool)] = left
+        else:
+            self._waiting.pop((run_id, pool), None)
+
+    def waiting(self, run_id: str, pool: str) -> int:
+        """The run's attempts waiting here for a slot of `pool` (not those in flight)."""
+        return self._waiting.get((run_id, pool), 0)
 
     def _hold(self, run_id: str, n: int) -> None:
         left = self._held.get(run_id, 0) + n
@@ -373,6 +386,7 @@ class Scheduler:
                 if entry is None:
                     break  # what waits belongs to tenants at their quota
                 item = entry[2]
+                self._wait(item.run_id, name, -1)
                 if not still_wanted(item):
                     self._hold(item.run_id, -1)
                     continue  # a stale attempt: dropped, and not counted against its tenant
@@ -454,6 +468,7 @@ class Scheduler:
             self.done(item.run_id, item.key)
             again = item if item.again else dataclasses.replace(item, again=True)
             self._pools[item.pool].push(item.tenant, item.priority, entry[1], again, item.project)
+            self._wait(item.run_id, item.pool, +1)
             back += 1
         return back
 
@@ -499,6 +514,8 @@ class Scheduler:
         for run_id in run_ids:
             self._held.pop(run_id, None)
             self._arrived.pop(run_id, None)
+        for k in [k for k in self._waiting if k[0] in run_ids]:
+            del self._waiting[k]
 
     def inflight(self) -> dict[tuple[str, str], str]:
         """(run, task key) -> pool, of every attempt in flight."""
