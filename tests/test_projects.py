@@ -105,7 +105,7 @@ def test_deleting_a_project(api, stack):
     assert owner.put("/api/v1/dags/flow?project=tmp", json={**DAG, "name": "flow"}).status_code == 201
     done = owner.post("/api/v1/runs", json={"dag": DAG, "project": "tmp"}).json()["id"]
     owner.wait(done)
-    long = {"name": "long", "tasks": [{"name": "a", "fn": "tests.tasks:nap", "args": [30]}]}
+    long = {"name": "long", "tasks": [{"name": "a", "fn": "tests.tasks:spin", "args": [30]}]}
     active = owner.post("/api/v1/runs", json={"dag": long, "project": "tmp"}).json()["id"]
 
     refused = _error(owner.delete(f"/api/v1/tenants/{tenant}/projects/tmp"), 409)["detail"]

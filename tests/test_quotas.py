@@ -94,6 +94,33 @@ def test_a_fan_out_held_back_by_a_quota_makes_its_instances_as_they_are_dispatch
     assert max(ahead) <= 2 * chunk + 2, ahead
 
 
+def test_a_cancel_ends_a_fan_out_whose_making_waits_for_its_quota(api, stack):
+    """A map whose next chunk waits while its tenant's quota is held by another of its runs is
+    cancelled at once: the cancel stops the making without waiting for a slot to open."""
+    tenant = "quota-fan-cancel"
+    member = _tenant(api, stack, tenant)
+    _limits(api, tenant, max_running_tasks=2)
+    time.sleep(LIMITS_APPLY_S)
+    hold = {"name": "hold", "tasks": [{"name": f"h{i}", "fn": "tests.tasks:spin", "args": [30]} for i in range(2)]}
+    holder = member.post("/api/v1/runs", json={"dag": hold}).json()["id"]
+    member.wait(holder, timeout=30, until=lambda r: all(t["status"] == "running" for t in r["tasks"]))
+    fan = {"name": "held-fan", "params": {"items": []}, "tasks": [
+        {"name": "nap", "fn": "tests.tasks:nap", "args": ["{{ item }}"], "map": {"over": "{{ params.items }}"}}]}
+    run_id = member.post("/api/v1/runs", json={"dag": fan, "params": {"items": [0] * 400}}).json()["id"]
+    member.wait(run_id, timeout=30, until=lambda r: len(r["tasks"]) > 1)
+    time.sleep(0.5)  # the next chunk's timer comes due and waits for the queued instances
+    assert member.post(f"/api/v1/runs/{run_id}/cancel").status_code == 202
+    run = member.wait(run_id, timeout=20)
+    still = member.get(f"/api/v1/runs/{holder}").json()["status"]
+    member.post(f"/api/v1/runs/{holder}/cancel")
+    member.wait(holder, timeout=60)
+    _limits(api, tenant)
+    made = [t for t in run["tasks"] if t["key"] != "nap"]
+    assert run["status"] == "cancelled", run["error"]
+    assert still == "running"  # ended while the quota was still held
+    assert 0 < len(made) < 400 and all(t["status"] == "cancelled" for t in made)
+
+
 def test_the_cli_shows_why_a_task_waits(api, stack):
     tenant = "quota-cli"
     member = _tenant(api, stack, tenant)
@@ -116,7 +143,7 @@ def test_max_active_runs_answers_429_with_retry_after_and_holds_under_concurrenc
     member = _tenant(api, stack, tenant)
     _limits(api, tenant, max_active_runs=3)
     time.sleep(LIMITS_APPLY_S)
-    dag = {"name": "long", "tasks": [{"name": "a", "fn": "tests.tasks:nap", "args": [30]}]}
+    dag = {"name": "long", "tasks": [{"name": "a", "fn": "tests.tasks:spin", "args": [30]}]}
     with ThreadPoolExecutor(10) as pool:  # ten at once: the per-tenant lock lets exactly three in
         answers = list(pool.map(lambda _: member.post("/api/v1/runs", json={"dag": dag}), range(10)))
     created = [r.json()["id"] for r in answers if r.status_code == 201]

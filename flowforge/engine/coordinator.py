@@ -266,13 +266,14 @@ class Coordinator:
                 self._forget(cyc.touched)
             else:
                 self._placed(cyc, await self.queue.dispatch(dispatches))
-                self._unpark(now)
+        self._unpark(now)  # (also when `take` only dropped stale attempts)
 
     def _park(self, due: list[timers.Timer]) -> list[timers.Timer]:
         """Hold back the fan-out chunks not needed yet: a run with a chunk's worth of attempts
         already waiting for the pool makes no more until they are dispatched (`_unpark`). So a
         map's instances are made as its pool takes them: a flood that waits behind another
-        tenant's fair share stops making instances, and its memory stays bounded."""
+        tenant's fair share stops making instances, and its memory stays bounded. (A cancel
+        needs no timer: it stops the making and settles the parent itself.)"""
         chunk = self.options.machine.expand_chunk
         if chunk <= 0:
             return due
