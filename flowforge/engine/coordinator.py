@@ -294,10 +294,8 @@ class Coordinator:
         if not self._parked:
             return
         chunk = self.options.machine.expand_chunk
-        for ident, (t, pool) in list(self._parked.items()):
-            if t.run_id not in self.runs:
-                del self._parked[ident]
-            elif self.scheduler.waiting(t.run_id, pool) < chunk:
+        for ident, (t, pool) in list(self._parked.items()):  # (`_forget` drops a forgotten run's)
+            if self.scheduler.waiting(t.run_id, pool) < chunk:
                 del self._parked[ident]
                 self.timers.arm(timers.Timer(now, t.run_id, t.key, t.attempt, t.kind))
 
