@@ -48,6 +48,12 @@ Scenarios (identical semantics everywhere):
   bytes each) written to a log store in batches of 2,000, one batch after
   another, as the log writer sends them; ``postgres_lines_per_s`` and
   ``chdb_lines_per_s`` (chDB: the ClickHouse store in-process), medians of 3.
+* ``board`` (FlowForge only): what the coordinators' board costs a coordinator,
+  with 500 tenants in flight on each of 4 coordinators: ``exchange_ms_p50`` (store
+  what changed, read what 10 waiting tenants need; every 100 ms) and
+  ``claim_ms_p50`` (two quota scopes and a pool; per cycle that dispatches under a
+  quota), against ``rtt_ms_p50``, a bare Redis round trip in the same run;
+  ``claim_vs_rtt`` = claim / round trip.  Medians of 500.
 
 Results file: ``{"<scenario>": {"<system>": {"<metric>": <number>}}}``.  Every
 scenario run now is *replaced* by this run's figures (so one scenario never
@@ -76,7 +82,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 REF = "flowforge"
 DEFAULT_SYSTEMS = ("flowforge", "celery", "ray")
 DEFAULT_SCENARIOS = ("chain100", "fanout10k", "submit", "warm_vs_cold", "scale_up", "first_call", "fairness",
-                     "log_ingest")
+                     "log_ingest", "board")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 # (scenario, metric, op, threshold) checked for FlowForge.

@@ -45,6 +45,14 @@ def reclaim_counts(partition: int) -> str:
 LOCAL_NODE_ANNOTATION = f"{PREFIX}:nodes:local:agent-pools"
 # What the pool manager last saw of each pool: a hash, pool -> JSON (desired, ready, busy, ...).
 POOL_STATUS = f"{PREFIX}:pools:status"
+# The coordinators' board (flowforge/engine/board.py): the set of coordinators, and a hash of
+# each one's counts (item -> value) that expires unless it stores it again. One hash slot.
+BOARD_MEMBERS = f"{PREFIX}:{{board}}:members"
+BOARD_PREFIX = f"{PREFIX}:{{board}}:c:"
+
+
+def board(coordinator: str) -> str:
+    return BOARD_PREFIX + coordinator
 
 
 def quota_waits(partition: int) -> str:

@@ -215,7 +215,7 @@ class Stack:
                 redis_url=self.services.redis_url,
                 partitions=c.partitions,
                 nodes=self.node_source(),
-                backlog=lambda pool: self.coordinator.scheduler.backlog(pool) if self.coordinator else 0,
+                backlog=lambda pool: self.coordinator.scheduler.backlog_everywhere(pool) if self.coordinator else 0,
                 place_by_label=cfg.nodes.place_by_label,
                 hung_after_s=cfg.agents.heartbeat_timeout.total_seconds(),
                 runtime_env=job_runtime_env(),
@@ -386,6 +386,11 @@ class Stack:
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self.coordinator is not None and self.queue is not None:
+            try:
+                await self.coordinator.board.leave()
+            except errors.TemporaryError as exc:  # its hash expires on its own
+                log.warning("coordinator.board_not_left", error=str(exc))
         if self.queue is not None:
             await self.queue.close()
         if self.log_store is not None:

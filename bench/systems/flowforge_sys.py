@@ -495,6 +495,15 @@ def log_ingest(total: int = 200_000, batch: int = 2_000, reps: int = 3) -> dict[
 
     return ff_log_ingest.measure(_state["db_url"], total=total, batch=batch, reps=reps)
 
+
+def board(reps: int = 500) -> dict[str, float]:
+    """What the coordinators' board costs: an exchange and a claim with 500 tenants in flight on
+    each of 4 coordinators, against a bare Redis round trip; medians of `reps`."""
+    from bench.systems import ff_board
+
+    return ff_board.measure(_state["env"]["FLOWFORGE_REDIS__URL"], reps=reps)
+
+
 if __name__ == "__main__":
     setup()
     try:

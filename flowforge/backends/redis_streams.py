@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgpack
@@ -21,6 +21,10 @@ def _script(name: str) -> str:
 
 TRIM = _script("trim.lua")
 REVOKE = _script("revoke.lua")
+BOARD_EXCHANGE = (Path(__file__).parent / "board_peers.lua").read_text() + (
+    Path(__file__).parent / "board_exchange.lua").read_text()
+BOARD_CLAIM = (Path(__file__).parent / "board_peers.lua").read_text() + (
+    Path(__file__).parent / "board_claim.lua").read_text()
 
 
 def _translate(exc: Exception) -> errors.FlowForgeError:
@@ -49,6 +53,8 @@ class RedisQueue:
         self.consumer = consumer
         self._trim = client.register_script(TRIM)
         self._revoke = client.register_script(REVOKE)
+        self._board_exchange = client.register_script(BOARD_EXCHANGE)
+        self._board_claim = client.register_script(BOARD_CLAIM)
         self._epoch: bytes | None = None
         self._backlog_read: set[int] = set()  # partitions whose own pending entries were re-read
 
@@ -127,6 +133,43 @@ class RedisQueue:
         try:
             return list(await self._revoke(keys=[keys.pool_stream(partition, pool)],
                                            args=[keys.AGENT_GROUP, *entry_ids]))
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+
+    async def exchange_board(self, me: str, store: Mapping[str, str], drop: Sequence[str], wanted: Sequence[str],
+                             *, ttl_s: float, afresh: bool = False) -> tuple[bool, list[list[bytes | None]]]:
+        """Store this coordinator's changed counts on the board (and drop those it no longer
+        has), and read the items `wanted` from each other live coordinator (board_exchange.lua).
+        Returns whether its hash was there before, and the others' values."""
+        args: list[str | int] = [me, keys.BOARD_PREFIX, int(ttl_s * 1000), int(afresh), len(store)]
+        for item, value in store.items():
+            args += [item, value]
+        args += [len(drop), *drop, *wanted]
+        try:
+            existed, found = await self._board_exchange(keys=[keys.BOARD_MEMBERS, keys.board(me)], args=args)
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+        return bool(existed), [[v if v else None for v in values] for values in found]
+
+    async def claim_board(self, me: str, checks: Sequence[str], *, ttl_s: float
+                          ) -> tuple[int, list[bytes], list[bytes]]:
+        """Store this coordinator's new counts of the items checked if every limit holds with
+        the others' added (board_claim.lua). `checks`: (item, new value, limits) flattened.
+        Returns (1 stored, 0 refused or -1 not on the board; the items over a limit; the
+        others' sums per check)."""
+        try:
+            stored, over, sums = await self._board_claim(
+                keys=[keys.BOARD_MEMBERS, keys.board(me)], args=[me, keys.BOARD_PREFIX, int(ttl_s * 1000), *checks])
+        except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+            raise _translate(exc) from None
+        return int(stored), list(over), list(sums)
+
+    async def leave_board(self, me: str) -> None:
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(keys.board(me))
+                pipe.srem(keys.BOARD_MEMBERS, me)
+                await pipe.execute()
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise _translate(exc) from None
 

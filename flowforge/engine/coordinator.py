@@ -17,7 +17,7 @@ from flowforge import errors, ports, wire
 from flowforge.domain import machine, model, routing
 from flowforge.domain.model import Run
 from flowforge.domain.states import RUN_TERMINAL, TASK_ACTIVE, TaskStatus
-from flowforge.engine import envelopes, events as stream_events, quota_feed, scheduling, timers
+from flowforge.engine import board_feed, envelopes, events as stream_events, quota_feed, scheduling, timers
 
 log = structlog.get_logger("flowforge.coordinator")
 
@@ -65,6 +65,8 @@ class Coordinator:
         self.runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()  # run id -> (run, partition)
         self.scheduler = scheduling.Scheduler(capacity, options.prefetch, fair=options.fair_share)
         self.quotas = quota_feed.QuotaFeed(self.scheduler, store, queue, options.partitions, shapes)
+        self.board = board_feed.BoardFeed(self.scheduler, queue, options.partitions,
+                                          pools=[*(shapes or {}), model.HEAVY_POOL])
         self.timers = timers.Timers()
         # A fan-out's next chunk waits while the run already has a chunk's worth of attempts
         # queued for the pool: (run, key, attempt) -> (its expand timer, the pool).
@@ -85,6 +87,9 @@ class Coordinator:
         while not self.stopping.is_set():
             try:
                 await self.cycle()
+                if not self.board.due():
+                    async with self.lock:
+                        await self.board.exchange()
                 await self.quotas.publish_waits()
             except errors.TemporaryError as exc:
                 log.warning("coordinator.backend_unavailable", error=str(exc))
@@ -111,6 +116,8 @@ class Coordinator:
         nxt = self.timers.next_at()
         if nxt is not None:
             wait = max(0.0, min(wait, nxt - self.clock.now()))
+        if self.scheduler.elsewhere and self.scheduler.queued():
+            wait = min(wait, self.board.due())  # others may free room: look again at the next exchange
         t0 = time.perf_counter()
         deliveries = await self.queue.read_events(
             self.options.partitions, self.options.batch_size, max(1, int(wait * 1000))
@@ -204,7 +211,7 @@ class Coordinator:
                 if entry is not None:
                     self._apply(entry[0], entry[1], ev, cyc)
             await self._take_back()
-            dispatches = self._schedule(cyc)
+            dispatches = await self._schedule(cyc)
             t1 = time.perf_counter()
             self.timing["decide"] += t1 - t0
             try:
@@ -260,7 +267,7 @@ class Coordinator:
 
     async def _dispatch_locked(self, now: float) -> None:
         cyc = _Cycle(now)
-        dispatches = self._schedule(cyc)
+        dispatches = await self._schedule(cyc)
         if dispatches:
             if await self.store.apply(cyc.batch):
                 self._forget(cyc.touched)
@@ -395,7 +402,8 @@ class Coordinator:
         if status != "running" and began is not None and fx.finished_at is not None:
             m.finished(pool, status, fx.finished_at - began)
 
-    def _schedule(self, cyc: _Cycle) -> list[tuple[int, str, bytes]]:
+    async def _schedule(self, cyc: _Cycle) -> list[tuple[int, str, bytes]]:
+        """Take what goes now, claim on the board what counts against a limit, and record it."""
         out = []
 
         def wanted(item: scheduling.Ready) -> bool:
@@ -407,7 +415,11 @@ class Coordinator:
 
         dispatched = self.clock.now()  # after this cycle's loads: when the hand-off begins
         m = self.metrics
-        for item in self.scheduler.take(wanted, dispatched):
+
+        def take() -> list[scheduling.Ready]:
+            return list(self.scheduler.take(wanted, dispatched))
+
+        for item in await self.board.claim(take(), take):
             cyc.touched.add(item.run_id)
             cyc.dispatched.append(item)
             env = dict(item.envelope, dispatched_at=dispatched)

@@ -8,12 +8,13 @@ import dataclasses
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from flowforge.domain import quotas, routing, spec
+from flowforge.engine import board
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,10 @@ def _anyone(item: Ready) -> bool:
 
 
 _IDLE = (0, 0, 0, 0)  # the usage of a scope with nothing in flight
+
+
+def _lim(value: int | None) -> int:
+    return board.NO_LIMIT if value is None else value
 
 
 def _amount(limit: str, value: int) -> str:
@@ -184,6 +189,11 @@ class _Pool:
         self.clock = max(self.clock, self.passes.get(tenant, 0.0))
         self.passes[tenant] = self.passes.get(tenant, self.clock) + 1.0 / max(weight, 1e-6)
 
+    def uncharge(self, tenant: str, weight: float) -> None:
+        """Take back the last dispatch counted against `tenant` (it did not go after all)."""
+        if tenant in self.passes:
+            self.passes[tenant] -= 1.0 / max(weight, 1e-6)
+
     def remove(self, drop: Callable[[Ready], bool]) -> None:
         for tenant, lanes in list(self.queues.items()):
             for project, queue in list(lanes.items()):
@@ -217,7 +227,10 @@ class Scheduler:
     not fit waits whole (what is behind it does not overtake it, so a large request is not
     starved by a stream of small ones), while other lanes and tenants go on. A pop looks at
     each lane's head only: O(lanes), never O(queue). `quota_waits` says which lanes wait for
-    which limit."""
+    which limit.
+
+    With several coordinators, what the others have in flight (`set_elsewhere`, from the
+    board) counts too: against the pool's slots, the tenants' shares and the quotas."""
 
     def __init__(self, capacity: Callable[[str], int], prefetch: float, *, fair: bool = True,
                  weight: Callable[[str], float] = lambda tenant: 1.0) -> None:
@@ -243,6 +256,7 @@ class Scheduler:
         # Attempts this scheduler dispatched whose stream entry no agent may have read yet:
         # (run, key) -> (queue entry, entry id); `revocable` may want them back.
         self._placed: dict[tuple[str, str], tuple[_Entry, bytes | None]] = {}
+        self._elsewhere = board.EMPTY  # what other coordinators have in flight
 
     def offer(self, item: Ready) -> None:
         pool = self._pools.get(item.pool)
@@ -283,13 +297,91 @@ class Scheduler:
         found = self._pools.get(pool)
         return found.size if found else 0
 
+    def backlog_everywhere(self, pool: str) -> int:
+        """Attempts waiting for a slot of `pool` here and on the other coordinators (as of the
+        last exchange): what the pool manager sizes the pool for."""
+        return self.backlog(pool) + self._elsewhere.queued.get(pool, 0)
+
     def has_work(self, run_id: str) -> bool:
         """Whether the run has attempts waiting for a slot or in flight."""
         return run_id in self._held
 
-    def free(self, pool: str) -> int:
+    def queued(self) -> int:
+        """Attempts waiting for a slot, all pools."""
+        return sum(pool.size for pool in self._pools.values())
+
+    def budget(self, pool: str) -> int:
+        """Attempts the pool may have in flight: its slots plus the prefetch."""
         slots = self._capacity(pool)
-        return slots + math.ceil(slots * self._prefetch) - self._busy.get(pool, 0)
+        return slots + math.ceil(slots * self._prefetch)
+
+    def free(self, pool: str) -> int:
+        return self.budget(pool) - self._busy.get(pool, 0) - self._elsewhere.busy.get(pool, 0)
+
+    # ---- the other coordinators --------------------------------------------------------------
+
+    def set_elsewhere(self, view: board.View) -> None:
+        """What the other coordinators have in flight (their snapshots on the board, summed)."""
+        self._elsewhere = view
+
+    @property
+    def elsewhere(self) -> board.View:
+        return self._elsewhere
+
+    def snapshot(self) -> board.View:
+        """What this scheduler has in flight, for the board."""
+        return board.View(dict(self._busy), dict(self._holding),
+                          {scope: (u[0], u[1], u[2], u[3]) for scope, u in self._usage.items()},
+                          {name: pool.size for name, pool in self._pools.items() if pool.size})
+
+    def wanted(self, pools: Iterable[str] = ()) -> list[str]:
+        """The board items this scheduler needs from the other coordinators: the counts of
+        `pools` and of every pool it has work for, and the holdings and quota usage of the
+        tenants and projects it has work for (what its next `take` looks at). O(lanes)."""
+        out = set()
+        for name in [*pools, *self._pools, *self._busy]:
+            out.add(board.busy_item(name))
+            out.add(board.queued_item(name))
+        for name, pool in self._pools.items():
+            if self._fair:
+                out.update(board.holding_item(name, tenant) for tenant in pool.queues)
+            if self._limits:
+                for head in pool.heads():
+                    for scope in ((head.tenant, None), (head.tenant, head.project)):
+                        if scope in self._limits:
+                            out.add(board.usage_item(scope))
+        out.update(board.holding_item(name, tenant) for name, tenant in self._holding)
+        return sorted(out)
+
+    def claim(self, items: Iterable[Ready], *, pools: bool = False) -> board.Claim:
+        """What the board must check before `items` (just taken) may go: the limits of their
+        scopes that they add to; with `pools`, the budgets of their pools too."""
+        if not self._limits and not pools:
+            return board.Claim()
+        items = list(items)
+        limits = {scope: (_lim(q.max_running_tasks), _lim(q.max_cpu), _lim(q.max_memory),
+                          _lim(q.max_gpu * 1000 if q.max_gpu is not None else None))
+                  for scope, q in self._limits.items()}
+        added = [(scope, (1, item.cost.cpu, item.cost.memory, item.cost.gpu))
+                 for item in items for scope in ((item.tenant, None), (item.tenant, item.project))]
+        return board.claim(added, limits, {i.pool: self.budget(i.pool) for i in items} if pools else None)
+
+    def untake(self, items: Iterable[Ready]) -> None:
+        """Put attempts `take` yielded back in their places in the queue, as if never taken
+        (the board refused their claim: another coordinator spent the room first)."""
+        for item in reversed(list(items)):  # (the last taken first: dispatches are uncharged in turn)
+            found = self._placed.get((item.run_id, item.key))
+            self._hold(item.run_id, +1)  # (first: the run keeps its arrival)
+            self.done(item.run_id, item.key)
+            seq = found[0][1] if found is not None else (self._arrived.setdefault(item.run_id, next(self._seq)),
+                                                          next(self._seq))
+            pool = self._pools[item.pool]
+            if self._fair:
+                pool.uncharge(item.tenant, self._weight(item.tenant))
+                pool.push(item.tenant, item.priority, seq, item, item.project)
+            else:
+                pool.push("", 0, seq, item)
+            self._wait(item.run_id, item.pool, +1)
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """Tenants' fair-share weights (unlisted: the constructor's `weight`)."""
@@ -318,7 +410,7 @@ class Scheduler:
             q = self._limits.get(scope)
             if q is None:
                 continue
-            used = self._usage.get(scope) or _IDLE
+            used = self._used(scope)
             c = item.cost
             if q.max_running_tasks is not None and used[0] >= q.max_running_tasks:
                 return scope, "max_running_tasks", q.max_running_tasks, used[0], 1
@@ -329,6 +421,14 @@ class Scheduler:
             if q.max_gpu is not None and c.gpu and used[3] + c.gpu > q.max_gpu * 1000:
                 return scope, "max_gpu", q.max_gpu * 1000, used[3], c.gpu
         return None
+
+    def _used(self, scope: tuple[str, str | None]) -> tuple[int, int, int, int]:
+        """In flight in `scope`, here and on the other coordinators."""
+        mine = self._usage.get(scope) or _IDLE
+        other = self._elsewhere.usage.get(scope)
+        if other is None:
+            return mine[0], mine[1], mine[2], mine[3]
+        return mine[0] + other[0], mine[1] + other[1], mine[2] + other[2], mine[3] + other[3]
 
     def _fits(self, item: Ready) -> bool:
         return self._blocker(item) is None
@@ -348,12 +448,13 @@ class Scheduler:
         return out
 
     def usage(self, tenant: str, project: str | None = None) -> Cost:
-        """What a tenant (or one of its projects) has in flight, as a summed cost."""
+        """What a tenant (or one of its projects) has in flight through this scheduler, as a
+        summed cost."""
         used = self._usage.get((tenant, project)) or _IDLE
         return Cost(used[1], used[2], used[3])
 
     def running(self, tenant: str, project: str | None = None) -> int:
-        """Attempts a tenant (or one of its projects) has in flight."""
+        """Attempts a tenant (or one of its projects) has in flight through this scheduler."""
         return (self._usage.get((tenant, project)) or _IDLE)[0]
 
     def _count(self, tenant: str, project: str, cost: Cost, sign: int) -> None:
@@ -372,7 +473,10 @@ class Scheduler:
         """A tenant's weighted share of `pool`'s slots: its attempts in flight there / weight."""
         if not self._fair:
             return lambda tenant: 0.0
-        holding, weight = self._holding, self._weight
+        holding, weight, other = self._holding, self._weight, self._elsewhere.holding
+        if other:
+            return lambda tenant: ((holding.get((pool, tenant), 0) + other.get((pool, tenant), 0))
+                                   / max(weight(tenant), 1e-6))
         return lambda tenant: holding.get((pool, tenant), 0) / max(weight(tenant), 1e-6)
 
     def take(self, still_wanted: Callable[[Ready], bool], now: float = 0.0) -> Iterator[Ready]:
@@ -394,8 +498,7 @@ class Scheduler:
                 self.mark_inflight(item.run_id, item.key, name, now, item.tenant,
                                    project=item.project, cost=item.cost)
                 self._hold(item.run_id, -1)  # (after: a run in flight keeps its arrival)
-                if self._fair:
-                    self._placed[(item.run_id, item.key)] = (entry, None)
+                self._placed[(item.run_id, item.key)] = (entry, None)
                 free -= 1
                 yield item
 
@@ -423,10 +526,13 @@ class Scheduler:
                 continue
             free = self.free(name)
             held = {t: n for (p, t), n in self._holding.items() if p == name}
+            for (p, t), n in self._elsewhere.holding.items():
+                if p == name:
+                    held[t] = held.get(t, 0) + n
             active = set(held) | set(pool.queues)
             if len(active) < 2:
                 continue
-            budget = free + self._busy.get(name, 0)
+            budget = free + self._busy.get(name, 0) + self._elsewhere.busy.get(name, 0)
             total = sum(max(self._weight(t), 1e-6) for t in active)
             fair = {t: budget * max(self._weight(t), 1e-6) / total for t in active}
             want = 0
@@ -452,8 +558,9 @@ class Scheduler:
         """The outcome of taking back the entries `asked` from one pool stream (as `revocable`
         listed them): those `taken` queue again in their place (their arrival order kept); the
         rest were read by an agent and stay in flight, no longer revocable. Returns how many
-        queue again. (Entry ids are unique within a stream only.)"""
-        if not asked:
+        queue again. (Entry ids are unique within a stream only.) First come, first served takes
+        nothing back."""
+        if not asked or not self._fair:
             return 0
         asked_set, taken_set = set(asked), set(taken)
         back = 0

@@ -1,0 +1,112 @@
+"""The coordinator's side of the board (`board`): exchange counts with the other coordinators
+every `board.EVERY_S`, and claim a cycle's attempts that count against a limit before they go."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import structlog
+
+from flowforge import ports
+from flowforge.engine import board, scheduling
+
+log = structlog.get_logger("flowforge.coordinator")
+CLAIM_TRIES = 3
+
+
+class BoardFeed:
+    def __init__(self, scheduler: scheduling.Scheduler, queue: ports.WorkQueue, partitions: Sequence[int],
+                 pools: Sequence[str] = ()) -> None:
+        self.scheduler = scheduler
+        self.me = "partitions-" + "-".join(str(p) for p in sorted(partitions))
+        self.pools = tuple(pools)  # every pool's counts are read (the pool manager sizes them all)
+        self._exchange = getattr(queue, "exchange_board", None)
+        self._claim = getattr(queue, "claim_board", None)
+        self._leave = getattr(queue, "leave_board", None)
+        self._stored: dict[str, str] = {}  # what the board holds of ours, as far as we know
+        self._afresh = True  # the first store drops whatever an earlier life of ours left there
+        self._last = 0.0
+        self.peers = 0  # other coordinators on the board, at the last exchange
+        self.claims = 0  # claims sent, and refused (for tests and benchmarks)
+        self.refused = 0
+
+    def due(self) -> float:
+        """Seconds until the next exchange is due."""
+        return max(0.0, self._last + board.EVERY_S - time.monotonic())
+
+    async def exchange(self, *, force: bool = False) -> None:
+        """Store what changed of our counts and read the others' (at most every EVERY_S unless
+        `force`)."""
+        if self._exchange is None or (not force and self.due() > 0):
+            return
+        for _ in range(2):
+            if self._afresh:
+                self._stored = {}
+            mine = board.items(self.scheduler.snapshot())
+            store = {k: v for k, v in mine.items() if self._stored.get(k) != v}
+            drop = [k for k in self._stored if k not in mine]
+            wanted = self.scheduler.wanted(self.pools)
+            existed, found = await self._exchange(self.me, store, drop, wanted, ttl_s=board.STALE_AFTER_S,
+                                                  afresh=self._afresh)
+            afresh, self._afresh, self._stored = self._afresh, False, mine
+            self.peers = len(found)
+            self.scheduler.set_elsewhere(board.from_items(pair for values in found for pair in zip(wanted, values)))
+            self._last = time.monotonic()
+            if existed or afresh:
+                return
+            # Our hash had expired (a long pause) or Redis lost it: what we did not send again
+            # is missing there. Store everything.
+            log.warning("coordinator.board_lost", coordinator=self.me)
+            self._afresh = True
+
+    async def claim(self, items: list[scheduling.Ready],
+                    retake: Callable[[], Iterable[scheduling.Ready]]) -> list[scheduling.Ready]:
+        """The attempts of `items` (just taken) that may go. Those of a scope with a limit, and
+        (while other coordinators share the pools) those of every pool, are claimed on the board
+        first; those the board refuses (another coordinator spent the room) are put back, and
+        `retake` takes again with the board's fresh counts, a few times. What is still refused
+        waits for a later cycle."""
+        if self._claim is None or not items:
+            return items
+        for tries_left in range(CLAIM_TRIES - 1, -1, -1):
+            claim = self.scheduler.claim(items, pools=self.peers > 0)
+            if not claim:
+                return items
+            found = await self._send(claim)
+            if found.stored:
+                return items
+            back = [i for i in items if i.pool in found.over_pools or (i.tenant, None) in found.over
+                    or (i.tenant, i.project) in found.over]
+            log.debug("coordinator.claim_refused", scopes=sorted(map(str, found.over)),
+                      pools=sorted(found.over_pools), attempts=len(back))
+            items = self._put_back(items, back)
+            if tries_left:
+                items += list(retake())
+        # Refused every time: what needs a claim waits for a later cycle; the rest goes.
+        return self._put_back(items, [i for i in items if self.scheduler.claim([i], pools=self.peers > 0)])
+
+    async def _send(self, claim: board.Claim) -> board.Outcome:
+        args = claim.args(self.scheduler.snapshot())
+        self.claims += 1
+        status, over, sums = await self._claim(self.me, args, ttl_s=board.STALE_AFTER_S)  # type: ignore[misc]
+        if status < 0:  # we are not on the board (first cycle, or it lost our hash): join, then claim
+            await self.exchange(force=True)
+            status, over, sums = await self._claim(self.me, args, ttl_s=board.STALE_AFTER_S)  # type: ignore[misc]
+        found = board.outcome(claim, status > 0, over, sums)
+        if found.stored:
+            self._stored.update(zip(args[0::3], args[1::3]))
+        else:
+            self.refused += 1
+        self.scheduler.set_elsewhere(board.merge(self.scheduler.elsewhere, found.others, claim.asked()))
+        return found
+
+    def _put_back(self, items: list[scheduling.Ready], back: list[scheduling.Ready]) -> list[scheduling.Ready]:
+        self.scheduler.untake(back)
+        gone = {id(i) for i in back}
+        return [i for i in items if id(i) not in gone]
+
+    async def leave(self) -> None:
+        """Take our counts off the board (stopping): the others need not wait for them to expire."""
+        if self._leave is not None:
+            await self._leave(self.me)
