@@ -42,6 +42,7 @@ class Member:
     started_at: float = field(default_factory=time.monotonic)
     busy: int = 0
     completed: int = 0
+    stuck: int = 0  # slots held by calls that ignored their timeout or cancel
     watcher: asyncio.Task[None] | None = None
 
 
@@ -114,6 +115,7 @@ class PoolManager:
                 "draining": sum(1 for m in mine if m.state == "draining"),
                 "busy_agents": sum(1 for m in ready if m.busy),
                 "busy_slots": busy,
+                "stuck_slots": sum(m.stuck for m in mine),
                 "free_slots": len(ready) * cfg.slots_per_agent - busy,
                 "backlog": self.backlog(name),
                 "groups": {g: sum(1 for m in ready if m.group == g) for g in sorted({m.group for m in mine})},
@@ -282,8 +284,14 @@ class PoolManager:
                 _kill(m.actor)  # its watcher sees it die and counts the restart
                 continue
             m.busy, m.completed = int(reply.get("running") or 0), int(reply.get("completed") or 0)
+            m.stuck = int(reply.get("stuck") or 0)
             cfg = self.pools[m.pool]
-            if cfg.max_tasks_per_agent and m.completed >= cfg.max_tasks_per_agent:
+            if m.stuck:
+                # A call that ignored its timeout or cancel runs on, its attempt already ended,
+                # and holds a slot the scheduler counts free: only the process's end stops it.
+                self._spawn(cfg, m.group)
+                self._drain(m, cfg.drain_timeout_seconds, f"{m.stuck} slot(s) run code that ignored its stop")
+            elif cfg.max_tasks_per_agent and m.completed >= cfg.max_tasks_per_agent:
                 self._spawn(cfg, m.group)  # the replacement warms up while the old one drains
                 self._drain(m, cfg.drain_timeout_seconds, f"recycled after {m.completed} attempts")
 

@@ -88,6 +88,7 @@ class _Attempt:
     stuck: asyncio.Future[Any] | None = None
     began: float | None = None  # when the task's code started, if a runner knows better (a Pod)
     cap: capture.Capture | None = None  # its output, while it runs
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # asked to stop (timeout or cancel)
 
     @property
     def ident(self) -> tuple[str, str, int]:
@@ -183,7 +184,7 @@ class Agent:
 
         return {"agent": self.name, "pool": self.config.pool, "running": len(self._inflight) - len(self._waiting),
                 "waiting": len(self._waiting),
-                "completed": self.completed, "pid": os.getpid(),
+                "completed": self.completed, "pid": os.getpid(), "stuck": self.stuck,
                 "delivery_ms_p50": p50_ms(self.latency["delivery"]),
                 "start_ms_p50": p50_ms(self.latency["start"])}
 
@@ -344,21 +345,30 @@ class Agent:
         context = contextvars.copy_context()
         future = self._threads.submit(context.run, a.slot.call, fn, args)
         future.add_done_callback(lambda _: self.latency["start"].append(a.slot.started_at - a.received_at))
-        if not timeout:
-            return await future
+        asked = asyncio.ensure_future(a.stopping.wait())
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
+            await asyncio.wait({future, asked}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            asked.cancel()
+        if future.done() and not a.stopping.is_set():
+            return future.result()
+        timed_out = not a.stopping.is_set()
+        if timed_out:
             self._stop_attempt(a, wire.FAIL_TIMEOUT)
-            # Give the code a moment to notice; then report whether or not it did.
-            done, _ = await asyncio.wait({future}, timeout=min(5.0, self.config.lease_s / 3))
-            if not done:
-                self._hold_slot(a, future)
-            raise interrupt.AttemptInterrupted(wire.FAIL_TIMEOUT) from None
+        # Give the code a moment to notice; then report whether or not it did.
+        done, _ = await asyncio.wait({future}, timeout=min(5.0, self.config.lease_s / 3))
+        if not done:
+            self._hold_slot(a, future)
+            raise interrupt.AttemptInterrupted(a.slot.interrupted or wire.FAIL_CANCELLED)
+        if timed_out:
+            raise interrupt.AttemptInterrupted(wire.FAIL_TIMEOUT)
+        return future.result()  # (a cancel: it stopped, or it ended first)
 
     def _hold_slot(self, a: _Attempt, future: asyncio.Future[Any]) -> None:
         """The thread did not stop (code blocked in C, or catching the interrupt): keep its slot
-        taken until it ends, and give up the process once no slot is left."""
+        taken until it ends, and say so in `stats` (the pool manager replaces an agent with such a
+        slot: only the end of the process ends the call). Give up the process at once when no
+        slot is left."""
         a.stuck = future
         self.stuck += 1
         log.warning("agent.attempt_ignores_stop", agent=self.name, **_context(a.ident), stuck=self.stuck)
@@ -391,6 +401,7 @@ class Agent:
             )
 
     def _stop_attempt(self, a: _Attempt, reason: str) -> None:
+        a.stopping.set()
         ctx = getattr(a, "ctx", None)
         if ctx is not None:
             ctx.cancelled.set()

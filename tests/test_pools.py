@@ -178,6 +178,48 @@ def test_a_hung_agent_is_killed_and_replaced(client, stack):
             pass
 
 
+@pytest.mark.parametrize("stop", ["timeout", "cancel"])
+def test_an_agent_whose_call_ignores_its_stop_is_replaced_and_the_call_ends_with_it(client, stack, stop):
+    """A sync call blocked in one C call (a long time.sleep) cannot be interrupted: its attempt
+    ends (timed out, or cancelled) while the call runs on and holds a slot the scheduler counts
+    free. The pool manager replaces that agent: the old process ends, and the call with it."""
+    import time
+
+    manager = stack.stack.manager
+    restarts = manager.restarts
+    pids = stack.call(manager.pids())
+    task = {"name": "t", "fn": "tests.tasks:nap", "args": [600]}
+    if stop == "timeout":
+        task["timeout_seconds"] = 1
+    run_id = client.submit({"name": f"ignores-{stop}", "tasks": [task]})
+    if stop == "cancel":
+        client.wait(run_id, until=lambda r: r["tasks"][0]["status"] == "running", timeout=30)
+        client.cancel(run_id)
+    run = client.wait(run_id, timeout=30)
+    attempt = run["tasks"][0]["attempts"][-1]
+    assert (run["status"], attempt["reason"]) == (("failed", "timeout") if stop == "timeout" else
+                                                  ("cancelled", "cancelled")), run
+    agent = attempt["agent"]
+    pid = pids[agent]
+    deadline = time.monotonic() + 60
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid), f"agent {agent} still runs the call that ignored its {stop}"
+    while manager.status()["default"]["ready"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    now = stack.call(manager.pids())
+    assert agent not in now and sum(n.startswith("default-") for n in now) == 2
+    assert manager.restarts == restarts  # replaced on purpose, not a crash
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_a_coordinator_without_partition_0_dispatches_to_the_published_agents(stack, redis_url):
     """Only the coordinator owning partition 0 runs the pool manager; another one sizes its
     dispatching from what that manager publishes."""
