@@ -129,6 +129,15 @@ def stack(stack_settings: settings.Settings, redis_url: str) -> Iterator[Backgro
         bg.stop()
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class Client:
     """Blocking helpers over a running stack, as a test would use FlowForge."""
 

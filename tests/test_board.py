@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 
-import pytest
 import redis as redis_sync
 from hypothesis import given, settings, strategies as st
 

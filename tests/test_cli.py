@@ -20,6 +20,7 @@ from flowforge import keys
 from flowforge.backends import redis_streams
 from flowforge.backends.postgres import admin, catalog, store as pg_store
 from flowforge.engine import submission
+from tests.conftest import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,14 +30,6 @@ def fresh_db(pg_server_url):
     name = f"ff_cli_{uuid.uuid4().hex[:8]}"
     yield admin.create_database(pg_server_url, name)
     admin.drop_database(pg_server_url, name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, redis_url, pool_dir):
@@ -102,7 +95,7 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
         assert [r["status"] for r in runs] == ["succeeded"] * len(runs)
         assert [r["tasks"][0]["output"] for r in runs] == [i + 3 for i in range(len(runs))]
         agent_pid = where["tasks"][0]["output"]["pid"]  # a warm agent of the coordinator's pool
-        assert _alive(agent_pid)
+        assert alive(agent_pid)
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(60)
@@ -117,10 +110,10 @@ def test_coordinator_process_runs_dags_and_stops_on_sigterm(stack, fresh_db, red
         # Ray's own SIGTERM handler (which aborts the process 3 s later) was kept out
         assert "SIGTERM received" not in output, output
         for _ in range(100):  # the agents it started are gone too
-            if not _alive(agent_pid):
+            if not alive(agent_pid):
                 break
             time.sleep(0.1)
-        assert not _alive(agent_pid)
+        assert not alive(agent_pid)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agents import pools as pooling
+from tests.conftest import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,22 +203,14 @@ def test_an_agent_whose_call_ignores_its_stop_is_replaced_and_the_call_ends_with
     agent = attempt["agent"]
     pid = pids[agent]
     deadline = time.monotonic() + 60
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(pid), f"agent {agent} still runs the call that ignored its {stop}"
+    assert not alive(pid), f"agent {agent} still runs the call that ignored its {stop}"
     while manager.status()["default"]["ready"] < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     now = stack.call(manager.pids())
     assert agent not in now and sum(n.startswith("default-") for n in now) == 2
     assert manager.restarts == restarts  # replaced on purpose, not a crash
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_coordinator_without_partition_0_dispatches_to_the_published_agents(stack, redis_url):
