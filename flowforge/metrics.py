@@ -18,7 +18,7 @@ import bisect
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -179,6 +179,15 @@ class Metrics:
         self.runs_finished = Counter(
             "flowforge_runs_finished", "Runs that ended, by tenant and status.", ["tenant", "status"],
             registry=self.registry)
+        self.board_claims = Counter(
+            "flowforge_board_claims", "Claims this coordinator put to the coordinators' board before dispatching "
+            "under a quota or into a shared pool, by outcome: stored, or refused (another coordinator had spent "
+            "the room; the attempts waited).", ["outcome"], registry=self.registry)
+        for outcome in ("stored", "refused"):
+            self.board_claims.labels(outcome)
+        self.coordinators = Gauge(
+            "flowforge_coordinators", "Coordinators on the board at this one's last exchange (itself included).",
+            registry=self.registry)
         for family in (self.ready_to_dispatched, self.dispatched_to_started, self.task_duration, self.pod_startup,
                        self.http_duration):
             self.registry.register(family)  # type: ignore[arg-type]
@@ -211,6 +220,12 @@ class Metrics:
 
     def run_ended(self, tenant: str, status: str) -> None:
         self.runs_finished.labels(tenant, status).inc()
+
+    def board_claim(self, stored: bool) -> None:
+        self.board_claims.labels("stored" if stored else "refused").inc()
+
+    def board_seen(self, coordinators: int) -> None:
+        self.coordinators.set(coordinators)
 
     # ---- the launcher and the API ---------------------------------------------------------
 

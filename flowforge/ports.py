@@ -177,6 +177,12 @@ class Metrics(Protocol):
 
     def run_ended(self, tenant: str, status: str) -> None: ...
 
+    def board_claim(self, stored: bool) -> None:
+        """A claim on the coordinators' board was stored (the room was there) or refused."""
+
+    def board_seen(self, coordinators: int) -> None:
+        """An exchange on the board saw `coordinators` (this one included)."""
+
 
 ROLES = ("admin", "tenant-admin", "member", "viewer")
 OPERATOR_TENANT = "default"  # the operator's tenant: only it holds `admin` tokens

@@ -11,6 +11,8 @@ from datetime import timedelta
 
 import pytest
 import redis as redis_sync
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from flowforge import keys, settings
@@ -87,8 +89,15 @@ def test_two_coordinators_hold_a_tenant_to_its_quota_together(pair):
     finally:
         engine.dispose()
     assert most == 2  # never more, across both coordinators; and the quota was used
-    # Both coordinators dispatched under the quota, each claiming on the board first.
-    assert one.stack.coordinator.board.claims > 0 and two.stack.coordinator.board.claims > 0
+    # Both coordinators dispatched under the quota, each claiming on the board first; their
+    # metrics say so, and that they see each other.
+    for bg in (one, two):
+        families = {f.name: f for f in text_string_to_metric_families(
+            generate_latest(bg.stack.metrics.registry).decode())}
+        assert families["flowforge_coordinators"].samples[0].value == 2
+        claims = {s.labels["outcome"]: s.value for s in families["flowforge_board_claims"].samples
+                  if s.name.endswith("_total")}
+        assert claims["stored"] > 0, claims
 
 
 def test_two_coordinators_fill_a_pools_slots_and_prefetch_once(pair):

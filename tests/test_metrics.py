@@ -36,6 +36,8 @@ EXPECTED = {
     "flowforge_reclaimed": {"pool", "executor"},
     "flowforge_dead_lettered": {"pool", "executor"},
     "flowforge_scrape_source_up": {"source"},
+    "flowforge_coordinators": set(),
+    "flowforge_board_claims": {"outcome"},
 }
 
 
@@ -102,6 +104,7 @@ def test_every_metric_has_samples_after_a_run(api, client):
     assert sum(s.value for s in _samples(families, "flowforge_dead_letter_length", pool="default")) >= 1
     assert {s.labels["source"]: s.value for s in families["flowforge_scrape_source_up"].samples} == {
         "redis": 1.0, "postgres": 1.0}
+    assert families["flowforge_coordinators"].samples[0].value == 1  # the session's one coordinator
     assert api.wait(running)["status"] == "succeeded"
     # Leave the pool as we found it: the agents the poison task killed are back.
     view = lambda: client.bg.stack.manager.status()["default"]  # noqa: E731

@@ -17,8 +17,9 @@ CLAIM_TRIES = 3
 
 class BoardFeed:
     def __init__(self, scheduler: scheduling.Scheduler, queue: ports.WorkQueue, partitions: Sequence[int],
-                 pools: Sequence[str] = ()) -> None:
+                 pools: Sequence[str] = (), metrics: ports.Metrics | None = None) -> None:
         self.scheduler = scheduler
+        self.metrics = metrics
         self.me = "partitions-" + "-".join(str(p) for p in sorted(partitions))
         self.pools = tuple(pools)  # every pool's counts are read (the pool manager sizes them all)
         self._exchange = getattr(queue, "exchange_board", None)
@@ -51,6 +52,8 @@ class BoardFeed:
                                                   afresh=self._afresh)
             afresh, self._afresh, self._stored = self._afresh, False, mine
             self.peers = len(found)
+            if self.metrics is not None:
+                self.metrics.board_seen(self.peers + 1)
             self.scheduler.set_elsewhere(board.from_items(pair for values in found for pair in zip(wanted, values)))
             self._last = time.monotonic()
             if existed or afresh:
@@ -94,6 +97,8 @@ class BoardFeed:
             await self.exchange(force=True)
             status, over, sums = await self._claim(self.me, args, ttl_s=board.STALE_AFTER_S)  # type: ignore[misc]
         found = board.outcome(claim, status > 0, over, sums)
+        if self.metrics is not None:
+            self.metrics.board_claim(found.stored)
         if found.stored:
             self._stored.update(zip(args[0::3], args[1::3]))
         else:

@@ -66,7 +66,7 @@ class Coordinator:
         self.scheduler = scheduling.Scheduler(capacity, options.prefetch, fair=options.fair_share)
         self.quotas = quota_feed.QuotaFeed(self.scheduler, store, queue, options.partitions, shapes)
         self.board = board_feed.BoardFeed(self.scheduler, queue, options.partitions,
-                                          pools=[*(shapes or {}), model.HEAVY_POOL])
+                                          pools=[*(shapes or {}), model.HEAVY_POOL], metrics=metrics)
         self.timers = timers.Timers()
         # A fan-out's next chunk waits while the run already has a chunk's worth of attempts
         # queued for the pool: (run, key, attempt) -> (its expand timer, the pool).
