@@ -89,6 +89,7 @@ class _Attempt:
     began: float | None = None  # when the task's code started, if a runner knows better (a Pod)
     cap: capture.Capture | None = None  # its output, while it runs
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # asked to stop (timeout or cancel)
+    sync: bool = False  # runs in a slot thread: `_call` waits for it to stop, never cancels it
 
     @property
     def ident(self) -> tuple[str, str, int]:
@@ -343,6 +344,7 @@ class Agent:
             coro = fn(**args) if isinstance(args, dict) else fn(*args)
             return await asyncio.wait_for(coro, timeout) if timeout else await coro
         context = contextvars.copy_context()
+        a.sync = True
         future = self._threads.submit(context.run, a.slot.call, fn, args)
         future.add_done_callback(lambda _: self.latency["start"].append(a.slot.started_at - a.received_at))
         asked = asyncio.ensure_future(a.stopping.wait())
@@ -359,7 +361,7 @@ class Agent:
         done, _ = await asyncio.wait({future}, timeout=min(5.0, self.config.lease_s / 3))
         if not done:
             self._hold_slot(a, future)
-            raise interrupt.AttemptInterrupted(a.slot.interrupted or wire.FAIL_CANCELLED)
+            raise interrupt.AttemptInterrupted(wire.FAIL_TIMEOUT if timed_out else wire.FAIL_CANCELLED)
         if timed_out:
             raise interrupt.AttemptInterrupted(wire.FAIL_TIMEOUT)
         return future.result()  # (a cancel: it stopped, or it ended first)
@@ -405,8 +407,9 @@ class Agent:
         ctx = getattr(a, "ctx", None)
         if ctx is not None:
             ctx.cancelled.set()
-        if not a.slot.interrupt(reason) and a.task is not None and a.slot.interrupted and not a.task.done():
-            # Async code (or not started yet): cancel the coroutine.
+        if not a.slot.interrupt(reason) and not a.sync and a.task is not None and not a.task.done():
+            # Async code (or not started yet): cancel the coroutine. (A sync call that is not
+            # in its thread has not started, and will not, or has just ended: `_call` sees it.)
             a.task.cancel()
 
     # ---- deliveries, leases, reclaim, cancels -----------------------------------------------

@@ -273,7 +273,11 @@ class Stack:
                 redispatch_after_s=c.redispatch_after.total_seconds(),
             ),
         )
-        await self.reconciler.sweep()  # adopt what a previous coordinator left behind
+        # Before adopting what a previous coordinator left behind (and dispatching it): the
+        # quotas, and the other coordinators' counts on the board.
+        await self.coordinator.quotas.refresh()
+        await self.coordinator.board.exchange(force=True)
+        await self.reconciler.sweep()
         from flowforge.logs.writer import LogWriter
 
         self.log_writer = LogWriter(self.queue.client, self.log_store, parts)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
 import redis as redis_sync
 from hypothesis import given, settings, strategies as st
 
-from flowforge import keys
+from flowforge import errors, keys
 from flowforge.backends import redis_streams
 from flowforge.engine import board, board_feed
 from flowforge.engine.scheduling import Cost, Quota, Ready, Scheduler
@@ -84,17 +85,49 @@ def test_an_exchange_reads_the_items_wanted_from_the_live_others(redis_url):
 
     async def body(connect):
         q = connect()
-        assert await q.exchange_board("c1", board.items(one), [], [], ttl_s=0.3, afresh=True) == (False, [])
+        assert await q.exchange_board("c1", board.items(one), [], [], ttl_s=0.3, afresh=True) == (False, [], [])
         wanted = sorted(board.items(one)) + [board.busy_item("other")]
-        existed, found = await q.exchange_board("c2", {}, [], wanted, ttl_s=15, afresh=True)
+        existed, found, _ = await q.exchange_board("c2", {}, [], wanted, ttl_s=15, afresh=True)
         assert not existed and len(found) == 1
         assert board.from_items(zip(wanted, found[0])) == one
         assert await q.claim_board("c3", [board.busy_item("p"), "1", "5"], ttl_s=15) == (-1, [], [])
         await asyncio.sleep(0.4)  # c1 stops storing: its hash expires, and it leaves the set
-        assert await q.exchange_board("c2", {}, [], wanted, ttl_s=15) == (True, [])
+        assert await q.exchange_board("c2", {}, [], wanted, ttl_s=15) == (True, [], [])
         assert await q.client.smembers(keys.BOARD_MEMBERS) == {b"c2"}
         await q.leave_board("c2")
         assert not await q.client.exists(keys.BOARD_MEMBERS, keys.board("c2"))
+
+    _run(redis_url, body)
+
+
+def test_a_restarted_coordinator_keeps_its_predecessors_counts_until_it_knows_its_own(redis_url):
+    """A coordinator that restarts (same partitions) must not wipe what its predecessor's
+    attempts, still running, count: until it has adopted its runs the counts stay; then what
+    it no longer has goes."""
+    before = board.View({"p": 2}, {("p", "a"): 2}, {("a", None): (2, 0, 0, 0)})
+
+    async def body(connect):
+        q = connect()
+        first = board_feed.BoardFeed(Scheduler(lambda pool: 10, 0.0), q, [0])
+        for n in range(2):
+            first.scheduler.mark_inflight(f"r{n}", "t", "p", tenant="a", project="x")
+        await first.exchange(force=True)
+        other = board_feed.BoardFeed(Scheduler(lambda pool: 10, 0.0), q, [1], pools=["p"])
+        other.scheduler.offer(_ready("a", "x", 99))  # (it reads what it has work for)
+        await other.exchange(force=True)
+        assert other.scheduler.elsewhere.busy == before.busy
+        assert other.scheduler.elsewhere.holding == before.holding
+        # The successor starts: nothing adopted yet, the predecessor's counts stay.
+        second = board_feed.BoardFeed(Scheduler(lambda pool: 10, 0.0), q, [0])
+        await second.exchange(force=True)
+        await other.exchange(force=True)
+        assert other.scheduler.elsewhere.busy == before.busy
+        # It adopts one attempt still in flight (the other ended meanwhile): its next store says so.
+        second.scheduler.mark_inflight("r0", "t", "p", tenant="a", project="x")
+        await second.exchange(force=True)
+        await other.exchange(force=True)
+        assert other.scheduler.elsewhere.busy == {"p": 1}
+        assert other.scheduler.elsewhere.holding == {("p", "a"): 1}
 
     _run(redis_url, body)
 
@@ -256,3 +289,26 @@ def test_attempts_put_back_are_taken_again_in_their_tenants_order(work, fair, k)
     assert sorted(again) == sorted(plain)
     for t in "ab":
         assert [k for k in again if work[int(k[1:])][0] == t] == [k for k in plain if work[int(k[1:])][0] == t]
+
+
+def test_a_claim_the_board_does_not_answer_puts_everything_back():
+    class Down:
+        async def exchange_board(self, *args, **kwargs):
+            raise errors.TemporaryError("redis: down")
+
+        async def claim_board(self, *args, **kwargs):
+            raise errors.TemporaryError("redis: down")
+
+    s = Scheduler(lambda pool: 4, 0.0)
+    s.set_limits({"a": Quota(max_running_tasks=3)})
+    for n in range(5):
+        s.offer(_ready("a", "x", n))
+    feed = board_feed.BoardFeed(s, Down(), [0])  # type: ignore[arg-type]
+
+    def take() -> list[Ready]:
+        return list(s.take(lambda _: True))
+
+    with pytest.raises(errors.TemporaryError):
+        asyncio.run(feed.claim(take(), take))
+    assert (s.queued(), s.inflight_count(), s.snapshot()) == (5, 0, board.View(queued={"p": 5}))
+    assert [i.key for i in take()] == ["t0", "t1", "t2"]  # in their places, within the quota

@@ -137,19 +137,23 @@ class RedisQueue:
             raise _translate(exc) from None
 
     async def exchange_board(self, me: str, store: Mapping[str, str], drop: Sequence[str], wanted: Sequence[str],
-                             *, ttl_s: float, afresh: bool = False) -> tuple[bool, list[list[bytes | None]]]:
+                             *, ttl_s: float, afresh: bool = False
+                             ) -> tuple[bool, list[list[bytes | None]], list[str]]:
         """Store this coordinator's changed counts on the board (and drop those it no longer
         has), and read the items `wanted` from each other live coordinator (board_exchange.lua).
-        Returns whether its hash was there before, and the others' values."""
+        Returns whether its hash was there before, the others' values, and (`afresh`) the items
+        its hash held before this store."""
         args: list[str | int] = [me, keys.BOARD_PREFIX, int(ttl_s * 1000), int(afresh), len(store)]
         for item, value in store.items():
             args += [item, value]
         args += [len(drop), *drop, *wanted]
         try:
-            existed, found = await self._board_exchange(keys=[keys.BOARD_MEMBERS, keys.board(me)], args=args)
+            existed, found, held = await self._board_exchange(keys=[keys.BOARD_MEMBERS, keys.board(me)],
+                                                              args=args)
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise _translate(exc) from None
-        return bool(existed), [[v if v else None for v in values] for values in found]
+        return (bool(existed), [[v if v else None for v in values] for values in found],
+                [h.decode() for h in held if h != b"."])
 
     async def claim_board(self, me: str, checks: Sequence[str], *, ttl_s: float
                           ) -> tuple[int, list[bytes], list[bytes]]:

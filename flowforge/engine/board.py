@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 EVERY_S = 0.1  # how often a coordinator stores its counts and reads the others'
+IDLE_EVERY_S = 1.0  # the same while nobody has anything in flight or waiting
 STALE_AFTER_S = 15.0  # a coordinator's hash expires this long after it last stored it
 
 _SEP = "\t"  # joins the parts of an item: tenants, projects and pools are names without tabs

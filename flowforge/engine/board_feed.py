@@ -26,32 +26,39 @@ class BoardFeed:
         self._claim = getattr(queue, "claim_board", None)
         self._leave = getattr(queue, "leave_board", None)
         self._stored: dict[str, str] = {}  # what the board holds of ours, as far as we know
-        self._afresh = True  # the first store drops whatever an earlier life of ours left there
+        self._afresh = True  # the first store learns what an earlier life of ours left there
+        self._seen = False  # whether an exchange has told us who else is on the board
         self._last = 0.0
         self.peers = 0  # other coordinators on the board, at the last exchange
         self.claims = 0  # claims sent, and refused (for tests and benchmarks)
         self.refused = 0
 
     def due(self) -> float:
-        """Seconds until the next exchange is due."""
-        return max(0.0, self._last + board.EVERY_S - time.monotonic())
+        """Seconds until the next exchange is due: every EVERY_S while this coordinator or
+        another has work in flight or waiting, every IDLE_EVERY_S otherwise."""
+        s = self.scheduler
+        busy = s.queued() or s.inflight_count() or s.elsewhere
+        return max(0.0, self._last + (board.EVERY_S if busy else board.IDLE_EVERY_S) - time.monotonic())
 
     async def exchange(self, *, force: bool = False) -> None:
-        """Store what changed of our counts and read the others' (at most every EVERY_S unless
-        `force`)."""
+        """Store what changed of our counts and read the others' (when due, or `force`)."""
         if self._exchange is None or (not force and self.due() > 0):
             return
         for _ in range(2):
-            if self._afresh:
+            afresh = self._afresh
+            if afresh:
                 self._stored = {}
             mine = board.items(self.scheduler.snapshot())
             store = {k: v for k, v in mine.items() if self._stored.get(k) != v}
             drop = [k for k in self._stored if k not in mine]
             wanted = self.scheduler.wanted(self.pools)
-            existed, found = await self._exchange(self.me, store, drop, wanted, ttl_s=board.STALE_AFTER_S,
-                                                  afresh=self._afresh)
-            afresh, self._afresh, self._stored = self._afresh, False, mine
-            self.peers = len(found)
+            self._afresh = True  # until we know what the board holds of ours
+            existed, found, held = await self._exchange(self.me, store, drop, wanted, ttl_s=board.STALE_AFTER_S,
+                                                        afresh=afresh)
+            # What an earlier life of ours left that we do not have (yet) stays until the next
+            # exchange drops it: until then it overstates, the safe way.
+            self._stored = {**{k: "" for k in held}, **mine}
+            self._afresh, self._seen, self.peers = False, True, len(found)
             if self.metrics is not None:
                 self.metrics.board_seen(self.peers + 1)
             self.scheduler.set_elsewhere(board.from_items(pair for values in found for pair in zip(wanted, values)))
@@ -66,36 +73,49 @@ class BoardFeed:
     async def claim(self, items: list[scheduling.Ready],
                     retake: Callable[[], Iterable[scheduling.Ready]]) -> list[scheduling.Ready]:
         """The attempts of `items` (just taken) that may go. Those of a scope with a limit, and
-        (while other coordinators share the pools) those of every pool, are claimed on the board
-        first; those the board refuses (another coordinator spent the room) are put back, and
-        `retake` takes again with the board's fresh counts, a few times. What is still refused
-        waits for a later cycle."""
+        (while other coordinators share the pools, or before we know) those of every pool, are
+        claimed on the board first; those the board refuses (another coordinator spent the
+        room) are put back, and `retake` takes again with the board's fresh counts, a few
+        times. What is still refused waits for a later cycle. Should the board not answer,
+        everything taken is put back before the error goes on."""
         if self._claim is None or not items:
             return items
-        for tries_left in range(CLAIM_TRIES - 1, -1, -1):
-            claim = self.scheduler.claim(items, pools=self.peers > 0)
-            if not claim:
-                return items
-            found = await self._send(claim)
-            if found.stored:
-                return items
-            back = [i for i in items if i.pool in found.over_pools or (i.tenant, None) in found.over
-                    or (i.tenant, i.project) in found.over]
-            log.debug("coordinator.claim_refused", scopes=sorted(map(str, found.over)),
-                      pools=sorted(found.over_pools), attempts=len(back))
-            items = self._put_back(items, back)
-            if tries_left:
-                items += list(retake())
-        # Refused every time: what needs a claim waits for a later cycle; the rest goes.
-        return self._put_back(items, [i for i in items if self.scheduler.claim([i], pools=self.peers > 0)])
+        try:
+            for tries_left in range(CLAIM_TRIES - 1, -1, -1):
+                claim = self.scheduler.claim(items, pools=self._pools_shared())
+                if not claim:
+                    return items
+                found = await self._send(claim)
+                if found is None:  # we were not on the board: we are now; claim again
+                    continue
+                if found.stored:
+                    return items
+                back = [i for i in items if i.pool in found.over_pools or (i.tenant, None) in found.over
+                        or (i.tenant, i.project) in found.over]
+                log.debug("coordinator.claim_refused", scopes=sorted(map(str, found.over)),
+                          pools=sorted(found.over_pools), attempts=len(back))
+                items = self._put_back(items, back)
+                if tries_left:
+                    items += list(retake())
+            # Refused every time: what needs a claim waits for a later cycle; the rest goes.
+            return self._put_back(items, [i for i in items if self.scheduler.claim([i], pools=self._pools_shared())])
+        except BaseException:
+            self.scheduler.untake(items)
+            raise
 
-    async def _send(self, claim: board.Claim) -> board.Outcome:
+    def _pools_shared(self) -> bool:
+        return not self._seen or self.peers > 0
+
+    async def _send(self, claim: board.Claim) -> board.Outcome | None:
+        """Put the claim to the board; None when we were not on it (then we join)."""
         args = claim.args(self.scheduler.snapshot())
         self.claims += 1
+        self._afresh, afresh = True, self._afresh  # (if no answer comes, we do not know what it stored)
         status, over, sums = await self._claim(self.me, args, ttl_s=board.STALE_AFTER_S)  # type: ignore[misc]
-        if status < 0:  # we are not on the board (first cycle, or it lost our hash): join, then claim
+        self._afresh = afresh
+        if status < 0:
             await self.exchange(force=True)
-            status, over, sums = await self._claim(self.me, args, ttl_s=board.STALE_AFTER_S)  # type: ignore[misc]
+            return None
         found = board.outcome(claim, status > 0, over, sums)
         if self.metrics is not None:
             self.metrics.board_claim(found.stored)
@@ -112,6 +132,8 @@ class BoardFeed:
         return [i for i in items if id(i) not in gone]
 
     async def leave(self) -> None:
-        """Take our counts off the board (stopping): the others need not wait for them to expire."""
-        if self._leave is not None:
+        """Take our counts off the board (stopping) if nothing of ours is in flight, so the
+        others need not wait for them to expire. Attempts still in flight stay counted: the
+        counts expire STALE_AFTER_S later, or our successor (same partitions) takes them over."""
+        if self._leave is not None and not self.scheduler.inflight_count():
             await self._leave(self.me)

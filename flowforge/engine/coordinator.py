@@ -116,8 +116,7 @@ class Coordinator:
         nxt = self.timers.next_at()
         if nxt is not None:
             wait = max(0.0, min(wait, nxt - self.clock.now()))
-        if self.scheduler.elsewhere and self.scheduler.queued():
-            wait = min(wait, self.board.due())  # others may free room: look again at the next exchange
+        wait = min(wait, self.board.due())  # (the exchange after this read must not be late)
         t0 = time.perf_counter()
         deliveries = await self.queue.read_events(
             self.options.partitions, self.options.batch_size, max(1, int(wait * 1000))

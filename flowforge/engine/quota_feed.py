@@ -39,23 +39,29 @@ class QuotaFeed:
             return envelopes.request_cost(run.dag.tasks[name].resources)
         return self._slot_costs.get(pool, scheduling.NO_COST)
 
-    async def follow(self, stopping: asyncio.Event, every_s: float = 1.0) -> None:
-        """Keep the scheduler's quotas (tenants' and projects') and weights as Postgres has them."""
+    async def refresh(self) -> None:
+        """Take the quotas (tenants' and projects') and weights Postgres has now."""
         read = getattr(self.store, "tenant_limits", None)
         if read is None:
             return
+        found = await read()
+        if isinstance(found, ports.Quotas):
+            self.scheduler.set_limits(
+                {t: scheduling.Quota(**q) for t, q in found.tenants.items()},
+                {k: scheduling.Quota(**q) for k, q in found.projects.items()},
+            )
+            self.scheduler.set_weights(found.weights)
+        else:  # (quotas of attempts in flight, weights)
+            self.scheduler.set_quotas(found[0])
+            self.scheduler.set_weights(found[1])
+
+    async def follow(self, stopping: asyncio.Event, every_s: float = 1.0) -> None:
+        """Keep the scheduler's quotas and weights as Postgres has them."""
+        if getattr(self.store, "tenant_limits", None) is None:
+            return
         while not stopping.is_set():
             try:
-                found = await read()
-                if isinstance(found, ports.Quotas):
-                    self.scheduler.set_limits(
-                        {t: scheduling.Quota(**q) for t, q in found.tenants.items()},
-                        {k: scheduling.Quota(**q) for k, q in found.projects.items()},
-                    )
-                    self.scheduler.set_weights(found.weights)
-                else:  # (quotas of attempts in flight, weights)
-                    self.scheduler.set_quotas(found[0])
-                    self.scheduler.set_weights(found[1])
+                await self.refresh()
             except errors.TemporaryError as exc:
                 log.warning("coordinator.tenant_limits_unavailable", error=str(exc))
             try:

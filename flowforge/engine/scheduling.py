@@ -306,6 +306,10 @@ class Scheduler:
         """Whether the run has attempts waiting for a slot or in flight."""
         return run_id in self._held
 
+    def inflight_count(self) -> int:
+        """Attempts in flight, all pools."""
+        return len(self._inflight)
+
     def queued(self) -> int:
         """Attempts waiting for a slot, all pools."""
         return sum(pool.size for pool in self._pools.values())
@@ -330,7 +334,7 @@ class Scheduler:
 
     def snapshot(self) -> board.View:
         """What this scheduler has in flight, for the board."""
-        return board.View(dict(self._busy), dict(self._holding),
+        return board.View({pool: n for pool, n in self._busy.items() if n}, dict(self._holding),
                           {scope: (u[0], u[1], u[2], u[3]) for scope, u in self._usage.items()},
                           {name: pool.size for name, pool in self._pools.items() if pool.size})
 
