@@ -115,7 +115,6 @@ class Agent:
         self._threads = threads.SlotThreads(config.slots * 2)
         self.completed = 0
         self.stuck = 0  # threads still running attempts that were already reported as stopped
-        self._broken = asyncio.Event()
         # Recent latencies in seconds: dispatch -> received by us -> function started.
         self.latency: dict[str, deque[float]] = {"delivery": deque(maxlen=1000), "start": deque(maxlen=1000)}
         self.client: aioredis.Redis | None = None
@@ -140,7 +139,6 @@ class Agent:
             asyncio.create_task(self._reclaim_loop(), name="reclaim"),
             asyncio.create_task(self._listen_cancels(), name="cancels"),
             asyncio.create_task(self._ship_logs(), name="logs"),
-            asyncio.create_task(self._broken.wait(), name="stuck slots"),
         ]
         log.info("agent.started", agent=self.name, pool=self.config.pool, slots=self.config.slots)
         # What is alive now (Ray, prewarmed modules) lives as long as the agent: keep it out of
@@ -153,10 +151,6 @@ class Agent:
             for job in done:
                 if job is not stopping:
                     # A loop of the agent died: fail loudly so the pool manager replaces us.
-                    if self._broken.is_set():
-                        # Every slot's thread ignores its stop: only a new process frees them.
-                        log.error("agent.slots_stuck", agent=self.name, stuck=self.stuck)
-                        raise RuntimeError(f"all {self.stuck} slots run code that ignored timeout or cancel")
                     log.error("agent.loop_died", agent=self.name, loop=job.get_name(), error=repr(job.exception()))
                     raise RuntimeError(f"agent loop {job.get_name()} died: {job.exception()!r}")
         finally:
@@ -368,9 +362,8 @@ class Agent:
 
     def _hold_slot(self, a: _Attempt, future: asyncio.Future[Any]) -> None:
         """The thread did not stop (code blocked in C, or catching the interrupt): keep its slot
-        taken until it ends, and say so in `stats` (the pool manager replaces an agent with such a
-        slot: only the end of the process ends the call). Give up the process at once when no
-        slot is left."""
+        taken until it ends, and say so in `stats`: the pool manager replaces an agent with such a
+        slot, and only the end of the process ends the call."""
         a.stuck = future
         self.stuck += 1
         log.warning("agent.attempt_ignores_stop", agent=self.name, **_context(a.ident), stuck=self.stuck)
@@ -380,8 +373,8 @@ class Agent:
             self._release_slot()
 
         future.add_done_callback(ended)
-        if self.stuck >= self.config.slots:
-            self._broken.set()
+        if self.stuck >= self.config.slots:  # (the pool manager replaces us at its next heartbeat)
+            log.error("agent.slots_stuck", agent=self.name, stuck=self.stuck)
 
     def _check_result(self, output: Any) -> None:
         try:

@@ -53,7 +53,7 @@ Scenarios (identical semantics everywhere):
   what changed, read what 10 waiting tenants need; every 100 ms) and
   ``claim_ms_p50`` (two quota scopes and a pool; per cycle that dispatches under a
   quota), against ``rtt_ms_p50``, a bare Redis round trip in the same run;
-  ``claim_vs_rtt`` = claim / round trip.  Medians of 500.
+  ``claim_rtts`` = claim / round trip.  Medians of 500.
 
 Results file: ``{"<scenario>": {"<system>": {"<metric>": <number>}}}``.  Every
 scenario run now is *replaced* by this run's figures (so one scenario never
@@ -97,12 +97,13 @@ BEAT_CELERY = (("chain100", "per_hop_ms_p50"), ("fanout10k", "tasks_per_s"))
 
 
 def lower_is_better(metric: str) -> bool:
-    """Latency-like metrics (``*_ms*``, ``*_s_p*``, ``latency``, ``slowdown``) are
-    lower-better; rates (``*per_s``, ``*_per_*``) higher-better."""
+    """Latency-like metrics (``*_ms*``, ``*_s_p*``, ``latency``, ``slowdown``, ``*_rtts``: a
+    time in round trips) are lower-better; rates (``*per_s``, ``*_per_*``) higher-better."""
     m = metric.lower()
     if "per_s" in m or "_per_" in m or "throughput" in m:
         return False
-    return "_ms" in m or "latency" in m or m.endswith("_s") or "seconds" in m or "slowdown" in m
+    return ("_ms" in m or "latency" in m or m.endswith("_s") or "seconds" in m or "slowdown" in m
+            or m.endswith("_rtts"))
 
 
 def ratio(metric: str, ff: float, peer: float) -> float | None:

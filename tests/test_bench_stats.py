@@ -36,5 +36,5 @@ def test_metric_directions():
     from bench.run import lower_is_better
 
     assert lower_is_better("per_hop_ms_p50") and lower_is_better("seconds_p50")
-    assert lower_is_better("b_slowdown") and lower_is_better("b_slowdown_fifo")
+    assert lower_is_better("b_slowdown") and lower_is_better("b_slowdown_fifo") and lower_is_better("claim_rtts")
     assert not lower_is_better("tasks_per_s") and not lower_is_better("postgres_lines_per_s")

@@ -179,17 +179,20 @@ def test_a_hung_agent_is_killed_and_replaced(client, stack):
             pass
 
 
-@pytest.mark.parametrize("stop", ["timeout", "cancel"])
-def test_an_agent_whose_call_ignores_its_stop_is_replaced_and_the_call_ends_with_it(client, stack, stop):
+@pytest.mark.parametrize(("stop", "pool", "agents"), [("timeout", "default", 2), ("cancel", "default", 2),
+                                                      ("timeout", "recycled", 1)])
+def test_an_agent_whose_call_ignores_its_stop_is_replaced_and_the_call_ends_with_it(client, stack, stop, pool,
+                                                                                    agents):
     """A sync call blocked in one C call (a long time.sleep) cannot be interrupted: its attempt
     ends (timed out, or cancelled) while the call runs on and holds a slot the scheduler counts
-    free. The pool manager replaces that agent: the old process ends, and the call with it."""
+    free. The pool manager replaces that agent: the old process ends, and the call with it. (On
+    a pool of one slot too: that is not a crash either.)"""
     import time
 
     manager = stack.stack.manager
     restarts = manager.restarts
     pids = stack.call(manager.pids())
-    task = {"name": "t", "fn": "tests.tasks:nap", "args": [600]}
+    task = {"name": "t", "fn": "tests.tasks:nap", "args": [600], "pool": pool}
     if stop == "timeout":
         task["timeout_seconds"] = 1
     run_id = client.submit({"name": f"ignores-{stop}", "tasks": [task]})
@@ -206,10 +209,10 @@ def test_an_agent_whose_call_ignores_its_stop_is_replaced_and_the_call_ends_with
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(pid), f"agent {agent} still runs the call that ignored its {stop}"
-    while manager.status()["default"]["ready"] < 2 and time.monotonic() < deadline:
+    while manager.status()[pool]["ready"] < agents and time.monotonic() < deadline:
         time.sleep(0.1)
     now = stack.call(manager.pids())
-    assert agent not in now and sum(n.startswith("default-") for n in now) == 2
+    assert agent not in now and sum(n.startswith(f"{pool}-") for n in now) == agents
     assert manager.restarts == restarts  # replaced on purpose, not a crash
 
 

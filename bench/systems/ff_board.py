@@ -62,7 +62,7 @@ async def _measure(url: str, reps: int) -> dict[str, float]:
         await q.close()
     ms = {k: statistics.median(v) * 1000 for k, v in took.items()}
     return {"rtt_ms_p50": ms["rtt"], "exchange_ms_p50": ms["exchange"], "claim_ms_p50": ms["claim"],
-            "claim_vs_rtt": ms["claim"] / ms["rtt"]}
+            "claim_rtts": ms["claim"] / ms["rtt"]}
 
 
 def measure(redis_url: str, reps: int = 500) -> dict[str, float]:
