@@ -13,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 from flowforge import errors, keys
 from flowforge.backends import redis_streams
 from flowforge.engine import board, board_feed
-from flowforge.engine.scheduling import Cost, Quota, Ready, Scheduler
+from flowforge.engine.limits import Cost, Quota
+from flowforge.engine.scheduling import Ready, Scheduler
 
 _names = st.sampled_from(["a", "b", "acme", "x-1"])
 _amounts = st.tuples(st.integers(1, 50), *[st.integers(0, 5000)] * 3)  # (a scope in use: 1 attempt at least)

@@ -152,7 +152,7 @@ from decimal import Decimal  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 from flowforge.domain import routing, spec  # noqa: E402
-from flowforge.engine.scheduling import Cost, Quota, request_cost, slot_cost  # noqa: E402
+from flowforge.engine.limits import Cost, Quota, request_cost, slot_cost  # noqa: E402
 
 _DIMS = ("max_running_tasks", "max_cpu", "max_memory", "max_gpu")
 

@@ -14,17 +14,16 @@ import redis.exceptions as rexc
 
 from flowforge import errors, keys, ports, wire
 
-def _script(name: str) -> str:
+def _script(*names: str) -> str:
+    """One script from the Lua files `names`, in order (helpers first)."""
     here = Path(__file__).parent
-    return (here / "last_delivered.lua").read_text() + (here / name).read_text()
+    return "".join((here / name).read_text() for name in names)
 
 
-TRIM = _script("trim.lua")
-REVOKE = _script("revoke.lua")
-BOARD_EXCHANGE = (Path(__file__).parent / "board_peers.lua").read_text() + (
-    Path(__file__).parent / "board_exchange.lua").read_text()
-BOARD_CLAIM = (Path(__file__).parent / "board_peers.lua").read_text() + (
-    Path(__file__).parent / "board_claim.lua").read_text()
+TRIM = _script("last_delivered.lua", "trim.lua")
+REVOKE = _script("last_delivered.lua", "revoke.lua")
+BOARD_EXCHANGE = _script("board_peers.lua", "board_exchange.lua")
+BOARD_CLAIM = _script("board_peers.lua", "board_claim.lua")
 
 
 def _translate(exc: Exception) -> errors.FlowForgeError:

@@ -30,8 +30,6 @@ class BoardFeed:
         self._seen = False  # whether an exchange has told us who else is on the board
         self._last = 0.0
         self.peers = 0  # other coordinators on the board, at the last exchange
-        self.claims = 0  # claims sent, and refused (for tests and benchmarks)
-        self.refused = 0
 
     def due(self) -> float:
         """Seconds until the next exchange is due: every EVERY_S while this coordinator or
@@ -109,7 +107,6 @@ class BoardFeed:
     async def _send(self, claim: board.Claim) -> board.Outcome | None:
         """Put the claim to the board; None when we were not on it (then we join)."""
         args = claim.args(self.scheduler.snapshot())
-        self.claims += 1
         self._afresh, afresh = True, self._afresh  # (if no answer comes, we do not know what it stored)
         status, over, sums = await self._claim(self.me, args, ttl_s=board.STALE_AFTER_S)  # type: ignore[misc]
         self._afresh = afresh
@@ -121,8 +118,6 @@ class BoardFeed:
             self.metrics.board_claim(found.stored)
         if found.stored:
             self._stored.update(zip(args[0::3], args[1::3]))
-        else:
-            self.refused += 1
         self.scheduler.set_elsewhere(board.merge(self.scheduler.elsewhere, found.others, claim.asked()))
         return found
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from flowforge.domain import machine, model, spec
 from flowforge.domain.model import Run
-from flowforge.engine import scheduling
+from flowforge.engine import limits, scheduling
 
 
 def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, now: float,
-               cost: scheduling.Cost = scheduling.NO_COST) -> scheduling.Ready:
+               cost: limits.Cost = limits.NO_COST) -> scheduling.Ready:
     """An attempt ready for its pool, with the envelope its agent (or Pod launcher) reads."""
     envelope: dict[str, Any] = {
         "tenant": run.tenant,
@@ -37,9 +37,9 @@ def ready_item(run: Run, partition: int, task: model.Task, fx: machine.Enqueue, 
 
 
 @functools.lru_cache(maxsize=4096)
-def request_cost(resources: spec.Resources) -> scheduling.Cost:
+def request_cost(resources: spec.Resources) -> limits.Cost:
     """A heavy attempt's quota cost (its Pod's requests), cached per distinct request."""
-    return scheduling.request_cost(resources)
+    return limits.request_cost(resources)
 
 
 def pod_request(t: spec.TaskSpec) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import structlog
 from flowforge import errors, keys, ports
 from flowforge.domain import model, routing
 from flowforge.domain.model import Run
-from flowforge.engine import envelopes, scheduling
+from flowforge.engine import envelopes, limits, scheduling
 
 log = structlog.get_logger("flowforge.coordinator")
 WAITS_EVERY_S = 0.5  # how often the quota wait reasons are recomputed (and published if changed)
@@ -27,17 +27,17 @@ class QuotaFeed:
         self.queue = queue
         self.partitions = partitions
         # What a light attempt of each pool counts against quotas: its slot's share of an agent.
-        self._slot_costs = {pool: scheduling.slot_cost(shape) for pool, shape in (shapes or {}).items()}
+        self._slot_costs = {pool: limits.slot_cost(shape) for pool, shape in (shapes or {}).items()}
         self._waits: dict[str, str] = {}  # the quota wait reasons last published
         self._waits_checked = 0.0
         self._waits_published = 0.0
 
-    def cost_of(self, run: Run, name: str, pool: str) -> scheduling.Cost:
+    def cost_of(self, run: Run, name: str, pool: str) -> limits.Cost:
         """What an attempt of task `name` counts against quotas while in flight: a heavy one its
         Pod's requests, a light one its slot's share of the pool's agent."""
         if pool == model.HEAVY_POOL:
             return envelopes.request_cost(run.dag.tasks[name].resources)
-        return self._slot_costs.get(pool, scheduling.NO_COST)
+        return self._slot_costs.get(pool, limits.NO_COST)
 
     async def refresh(self) -> None:
         """Take the quotas (tenants' and projects') and weights Postgres has now."""
@@ -47,8 +47,8 @@ class QuotaFeed:
         found = await read()
         if isinstance(found, ports.Quotas):
             self.scheduler.set_limits(
-                {t: scheduling.Quota(**q) for t, q in found.tenants.items()},
-                {k: scheduling.Quota(**q) for k, q in found.projects.items()},
+                {t: limits.Quota(**q) for t, q in found.tenants.items()},
+                {k: limits.Quota(**q) for k, q in found.projects.items()},
             )
             self.scheduler.set_weights(found.weights)
         else:  # (quotas of attempts in flight, weights)

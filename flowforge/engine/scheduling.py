@@ -5,59 +5,14 @@ fair share across tenants, priorities within one) instead of becoming the stream
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from flowforge.domain import quotas, routing, spec
-from flowforge.engine import board
-
-
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """What one attempt in flight counts against its tenant's and project's resource quotas."""
-
-    cpu: int = 0  # millicores
-    memory: int = 0  # bytes
-    gpu: int = 0  # thousandths of a GPU: a light slot may hold a fraction of its agent's GPUs
-
-
-NO_COST = Cost()
-
-
-def _ceil(value: Decimal) -> int:
-    return int(value.to_integral_value(rounding=ROUND_CEILING))
-
-
-def slot_cost(shape: routing.SlotShape) -> Cost:
-    """A light attempt's cost: its slot's share of the pool's agent (resources / slots)."""
-    return Cost(_ceil(shape.cpu * 1000), _ceil(shape.memory), _ceil(shape.gpu * 1000))
-
-
-def request_cost(resources: spec.Resources) -> Cost:
-    """A heavy attempt's cost: its Pod's requests (an unset request counts 0)."""
-    return Cost(
-        _ceil(routing.quantity(resources.cpu) * 1000) if resources.cpu is not None else 0,
-        _ceil(routing.quantity(resources.memory)) if resources.memory is not None else 0,
-        resources.gpu * 1000,
-    )
-
-
-@dataclass(frozen=True)
-class Quota:
-    """Limits on what one tenant, or one project of a tenant, has in flight; None: no limit."""
-
-    max_running_tasks: int | None = None
-    max_cpu: int | None = None  # millicores
-    max_memory: int | None = None  # bytes
-    max_gpu: int | None = None  # GPUs
-
-    def __bool__(self) -> bool:
-        return any(v is not None for v in (self.max_running_tasks, self.max_cpu, self.max_memory, self.max_gpu))
+from flowforge.engine import board, fair_queue
+from flowforge.engine.limits import NO_COST, Cost, Quota, wait_reason
 
 
 @dataclass(frozen=True)
@@ -75,138 +30,7 @@ class Ready:
     again: bool = False  # dispatched before, then taken back from its stream unread
 
 
-def _anyone(item: Ready) -> bool:
-    return True
-
-
 _IDLE = (0, 0, 0, 0)  # the usage of a scope with nothing in flight
-
-
-def _lim(value: int | None) -> int:
-    return board.NO_LIMIT if value is None else value
-
-
-def _amount(limit: str, value: int) -> str:
-    if limit == "max_cpu":
-        return quotas.format_cores(value)
-    if limit == "max_memory":
-        return quotas.format_memory(value)
-    if limit == "max_gpu":
-        return quotas.format_gpu(value)
-    return str(value)
-
-
-def wait_reason(scope: tuple[str, str | None], limit: str, allowed: int, used: int, needed: int) -> str:
-    """Why an attempt waits: "quota: tenant acme max_gpu 2 (2 in use)", or "quota: project
-    acme/ml max_cpu 4 (3.5 in use)"; says so when the attempt alone needs more than the limit."""
-    tenant, project = scope
-    who = f"tenant {tenant}" if project is None else f"project {tenant}/{project}"
-    text = f"quota: {who} {limit} {_amount(limit, allowed)} ({_amount(limit, used)} in use)"
-    if needed > allowed:
-        text += f"; the task alone needs {_amount(limit, needed)}: raise {limit} or lower its request"
-    return text
-
-
-# (-priority, arrival, item): a heap orders by the first two. Arrival is (the run's, the
-# attempt's): a run's attempts keep their place however late its fan-out makes them.
-_Entry = tuple[int, tuple[int, int], Ready]
-
-
-class _Pool:
-    """One pool's ready attempts: per tenant, a queue per project (highest priority first, then
-    arrival), and each tenant's virtual finish time for weighted fair queueing. A project's queue
-    is a lane: its head waits for its quotas, and what queues behind it waits with it."""
-
-    def __init__(self) -> None:
-        self.queues: dict[str, dict[str, list[_Entry]]] = {}  # tenant -> project -> heap
-        self.passes: dict[str, float] = {}  # tenant -> virtual time of its next dispatch
-        self.clock = 0.0  # virtual time of the last dispatch
-        self.size = 0
-
-    def push(self, tenant: str, priority: int, seq: tuple[int, int], item: Ready, project: str = "") -> None:
-        lanes = self.queues.get(tenant)
-        if lanes is None:  # (re)activated: no credit for the time it was idle
-            lanes = self.queues[tenant] = {}
-            self.passes[tenant] = max(self.passes.get(tenant, 0.0), self.clock)
-        queue = lanes.get(project)
-        if queue is None:
-            queue = lanes[project] = []
-        heapq.heappush(queue, (-priority, seq, item))
-        self.size += 1
-
-    def pop(self, allowed: Callable[[Ready], bool], share: Callable[[str], float]) -> _Entry | None:
-        """The next attempt: the head of the tenant holding the smallest weighted share of the
-        pool's slots (`share`), then the one furthest behind in dispatches, among those with a
-        lane whose head is `allowed` (within its quotas); None when none is. O(lanes)."""
-        check = None if allowed is _anyone else allowed
-        passes = self.passes
-        best_rank: tuple[float, float, str] | None = None
-        best = ("", "")
-        for tenant, lanes in self.queues.items():
-            if len(lanes) == 1:  # the common case: one project's attempts in this pool
-                lane = next(iter(lanes))
-                if check is not None and not check(lanes[lane][0][2]):
-                    continue
-            else:
-                head: _Entry | None = None
-                for project, queue in lanes.items():
-                    entry = queue[0]  # (-priority, arrival, item): arrival is unique
-                    if (head is None or entry < head) and (check is None or check(entry[2])):
-                        head, lane = entry, project
-                if head is None:
-                    continue
-            rank = (share(tenant), passes[tenant], tenant)
-            if best_rank is None or rank < best_rank:
-                best_rank, best = rank, (tenant, lane)
-        if best_rank is None:
-            return None
-        tenant, lane = best
-        lanes = self.queues[tenant]
-        queue = lanes[lane]
-        entry = heapq.heappop(queue)
-        self.size -= 1
-        if not queue:
-            del lanes[lane]
-            if not lanes:
-                del self.queues[tenant]
-        return entry
-
-    def waiting(self, tenant: str) -> int:
-        return sum(len(queue) for queue in self.queues.get(tenant, {}).values())
-
-    def peek(self) -> Ready:
-        tenant = min(self.queues, key=lambda t: (self.passes[t], t))
-        return min(q[0] for q in self.queues[tenant].values())[2]
-
-    def heads(self) -> Iterator[Ready]:
-        """The head of every lane."""
-        for lanes in self.queues.values():
-            for queue in lanes.values():
-                yield queue[0][2]
-
-    def charge(self, tenant: str, weight: float) -> None:
-        """Count one dispatch against `tenant`'s share."""
-        self.clock = max(self.clock, self.passes.get(tenant, 0.0))
-        self.passes[tenant] = self.passes.get(tenant, self.clock) + 1.0 / max(weight, 1e-6)
-
-    def uncharge(self, tenant: str, weight: float) -> None:
-        """Take back the last dispatch counted against `tenant` (it did not go after all)."""
-        if tenant in self.passes:
-            self.passes[tenant] -= 1.0 / max(weight, 1e-6)
-
-    def remove(self, drop: Callable[[Ready], bool]) -> None:
-        for tenant, lanes in list(self.queues.items()):
-            for project, queue in list(lanes.items()):
-                kept = [entry for entry in queue if not drop(entry[2])]
-                if len(kept) != len(queue):
-                    self.size -= len(queue) - len(kept)
-                    if kept:
-                        heapq.heapify(kept)
-                        lanes[project] = kept
-                    else:
-                        del lanes[project]
-            if not lanes:
-                del self.queues[tenant]
 
 
 class Scheduler:
@@ -239,7 +63,7 @@ class Scheduler:
         self._fair = fair
         self._weight = weight
         self._default_weight = weight
-        self._pools: dict[str, _Pool] = {}
+        self._pools: dict[str, fair_queue.FairQueue] = {}
         self._seq = itertools.count()
         # (run, key) -> (pool, tenant, project, cost)
         self._inflight: dict[tuple[str, str], tuple[str, str, str, Cost]] = {}
@@ -255,13 +79,13 @@ class Scheduler:
         self._waiting: dict[tuple[str, str], int] = {}  # (run, pool) -> its attempts waiting here
         # Attempts this scheduler dispatched whose stream entry no agent may have read yet:
         # (run, key) -> (queue entry, entry id); `revocable` may want them back.
-        self._placed: dict[tuple[str, str], tuple[_Entry, bytes | None]] = {}
+        self._placed: dict[tuple[str, str], tuple[fair_queue.Entry, bytes | None]] = {}
         self._elsewhere = board.EMPTY  # what other coordinators have in flight
 
     def offer(self, item: Ready) -> None:
         pool = self._pools.get(item.pool)
         if pool is None:
-            pool = self._pools[item.pool] = _Pool()
+            pool = self._pools[item.pool] = fair_queue.FairQueue()
         # Attempts queue in the order their runs arrived, then their own: the instances a
         # fan-out makes a chunk at a time queue ahead of a run that came after it.
         seq = next(self._seq)
@@ -363,12 +187,10 @@ class Scheduler:
         if not self._limits and not pools:
             return board.Claim()
         items = list(items)
-        limits = {scope: (_lim(q.max_running_tasks), _lim(q.max_cpu), _lim(q.max_memory),
-                          _lim(q.max_gpu * 1000 if q.max_gpu is not None else None))
-                  for scope, q in self._limits.items()}
         added = [(scope, (1, item.cost.cpu, item.cost.memory, item.cost.gpu))
                  for item in items for scope in ((item.tenant, None), (item.tenant, item.project))]
-        return board.claim(added, limits, {i.pool: self.budget(i.pool) for i in items} if pools else None)
+        budgets = {i.pool: self.budget(i.pool) for i in items} if pools else None
+        return board.claim(added, {scope: q.amounts() for scope, q in self._limits.items()}, budgets)
 
     def untake(self, items: Iterable[Ready]) -> None:
         """Put attempts `take` yielded back in their places in the queue, as if never taken
@@ -490,7 +312,7 @@ class Scheduler:
             while pool.size and free > 0:
                 if not self._fair and not self._fits(pool.peek()):
                     break  # first come, first served: the head waits for its quotas
-                entry = pool.pop(self._fits if self._fair and self._limits else _anyone, self._share(name))
+                entry = pool.pop(self._fits if self._fair and self._limits else fair_queue.anyone, self._share(name))
                 if entry is None:
                     break  # what waits belongs to tenants at their quota
                 item = entry[2]
@@ -554,7 +376,7 @@ class Scheduler:
         return out
 
     @staticmethod
-    def _heads(pool: _Pool, tenant: str) -> Iterator[Ready]:
+    def _heads(pool: fair_queue.FairQueue, tenant: str) -> Iterator[Ready]:
         for queue in pool.queues.get(tenant, {}).values():
             yield queue[0][2]
 
